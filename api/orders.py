@@ -1,0 +1,105 @@
+"""Orders: start a saga, and see where it is."""
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+
+from api.schemas import OrderAccepted, OrderIn, OrderList, OrderView, Problem
+from orders import intake, views
+from orders.errors import OrderNotFound
+from orders.model import TERMINAL_STATES, SagaState
+from runtime import database
+from workflows import order_fulfillment
+
+router = APIRouter(tags=["orders"])
+
+
+@router.post(
+    "/orders",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={
+        200: {"model": OrderView, "description": "With ?wait=: the saga ended in time"},
+        409: {"model": Problem, "description": "Key or order_id reused with another body"},
+    },
+)
+async def place_order(
+    order: OrderIn,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")
+    ] = None,
+    wait: Annotated[
+        float | None, Query(gt=0, le=60, description="Seconds to wait for COMPLETED/FAILED")
+    ] = None,
+) -> Any:
+    """Accept the order and start its saga (202). Repeating the request starts nothing new."""
+    placement = await run_in_threadpool(_place, order.model_dump(mode="json"), idempotency_key)
+    location = f"/orders/{placement.order_id}"
+    if wait is not None:
+        view = await _wait_for_end(placement.order_id, wait)
+        if view is not None:
+            body = jsonable_encoder(OrderView.model_validate(view))
+            return JSONResponse(body, status_code=200, headers={"Location": location})
+    response.headers["Location"] = location
+    return OrderAccepted(
+        order_id=placement.order_id, saga_id=placement.saga_id, state=placement.state
+    )
+
+
+@router.get("/orders/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
+def get_order(order_id: str) -> dict[str, Any]:
+    """The saga: state, current step, each forward step, the compensations that ran."""
+    with database.connection() as conn:
+        view = views.order_view(conn, order_id)
+    if view is None:
+        raise OrderNotFound(order_id)
+    return view
+
+
+@router.get("/orders", response_model=OrderList)
+def list_orders(
+    state: SagaState | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> dict[str, Any]:
+    """Summaries, newest first."""
+    with database.connection() as conn:
+        return {"orders": views.list_orders(conn, state, limit)}
+
+
+def _place(request: dict[str, Any], idempotency_key: str | None) -> intake.Placement:
+    with database.connection() as conn:
+        placement = intake.place(conn, request, idempotency_key)
+    if placement.created or placement.state == "STARTED":
+        # Also on a retry: the first request may have died between storing and starting.
+        order_fulfillment.start(placement.saga_id, placement.order)
+    return placement
+
+
+async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    pause = 0.02
+    while True:
+        state = await run_in_threadpool(_state, order_id)
+        if state in TERMINAL_STATES:
+            return await run_in_threadpool(_view, order_id)
+        left = deadline - loop.time()
+        if left <= 0:
+            return None
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, 0.25)
+
+
+def _state(order_id: str) -> str | None:
+    with database.connection() as conn:
+        return views.saga_state(conn, order_id)
+
+
+def _view(order_id: str) -> dict[str, Any] | None:
+    with database.connection() as conn:
+        return views.order_view(conn, order_id)

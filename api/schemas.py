@@ -1,0 +1,164 @@
+"""Request and response bodies. Validation happens here, before anything is stored."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from orders.model import SagaState
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def _deliverable_syntax(address: str) -> str:
+    # test_environment admits the reserved .test domain that the @bounce.test card uses.
+    try:
+        return validate_email(address, check_deliverability=False, test_environment=True).normalized
+    except EmailNotValidError as error:
+        raise ValueError(f"not a valid e-mail address: {error}") from None
+
+
+Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_deliverable_syntax)]
+Country = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(lambda code: code.upper())
+]
+
+
+class Strict(BaseModel):
+    """JSON types as written (no "2" for 2), and no fields beyond those documented."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ItemIn(Strict):
+    sku: Sku
+    quantity: int = Field(ge=1, le=1000)
+
+
+class AddressIn(Strict):
+    name: Text
+    line1: Text
+    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    city: Text
+    postal_code: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    country: Country = Field(description="ISO 3166-1 alpha-2 code, e.g. US")
+
+
+class OrderIn(Strict):
+    order_id: Identifier | None = Field(default=None, description="Generated when absent")
+    customer_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    customer_email: Email
+    items: list[ItemIn] = Field(min_length=1, max_length=100)
+    payment_method: Annotated[str, StringConstraints(pattern=r"^pm_[A-Za-z0-9_]{1,60}$")] = Field(
+        description="A test card: pm_card_visa, pm_card_declined, pm_card_flaky, ..."
+    )
+    shipping_address: AddressIn
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_sku(cls, items: list[ItemIn]) -> list[ItemIn]:
+        skus = [item.sku for item in items]
+        repeated = sorted({sku for sku in skus if skus.count(sku) > 1})
+        if repeated:
+            raise ValueError(f"each sku may appear once; repeated: {', '.join(repeated)}")
+        return items
+
+
+class OrderAccepted(BaseModel):
+    order_id: str
+    saga_id: str
+    state: SagaState
+
+
+class StepView(BaseModel):
+    name: str
+    status: Literal["pending", "executing", "completed", "failed", "compensating", "compensated"]
+    attempts: int
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class OrderView(BaseModel):
+    order_id: str
+    saga_id: str
+    state: SagaState
+    total_cents: int | None = Field(description="Fixed when the inventory is reserved")
+    error: str | None
+    current_step: str | None
+    steps: list[StepView]
+    compensations: list[StepView]
+    dbos_status: str | None = Field(description="The DBOS workflow status behind the saga")
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderSummary(BaseModel):
+    order_id: str
+    saga_id: str
+    state: SagaState
+    total_cents: int | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class OrderList(BaseModel):
+    orders: list[OrderSummary]
+
+
+class ItemPut(Strict):
+    available: int = Field(ge=0, le=1_000_000_000)
+    price_cents: int = Field(ge=0, le=1_000_000_000_000)
+
+
+class ItemOut(BaseModel):
+    sku: str
+    available: int
+    price_cents: int
+
+
+class PaymentOut(BaseModel):
+    payment_id: str
+    order_id: str
+    amount_cents: int
+    status: Literal["captured", "refunded"]
+
+
+class ShipmentOut(BaseModel):
+    shipment_id: str
+    order_id: str
+    status: Literal["created", "cancelled"]
+    tracking_number: str
+
+
+class NotificationOut(BaseModel):
+    notification_id: str
+    order_id: str
+    kind: Literal["confirmation", "cancellation"]
+    to: str
+
+
+class FaultIn(Strict):
+    down: bool
+
+
+class FaultOut(BaseModel):
+    operation: str
+    down: bool
+
+
+class Problem(BaseModel):
+    """Every error other than a validation error."""
+
+    detail: str

@@ -1,0 +1,72 @@
+"""The simulated downstream services' own endpoints, and the fault switches."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query
+
+from api.schemas import (
+    FaultIn,
+    FaultOut,
+    ItemOut,
+    ItemPut,
+    NotificationOut,
+    PaymentOut,
+    Problem,
+    ShipmentOut,
+)
+from runtime import database
+from services import faults, inventory, notifications, payments, shipping
+
+router = APIRouter(tags=["downstream services"])
+
+SkuPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+OrderIdQuery = Annotated[str, Query(min_length=1, max_length=64)]
+
+
+@router.put("/inventory/{sku}", response_model=ItemOut)
+def put_item(sku: SkuPath, item: ItemPut) -> dict[str, Any]:
+    """Create or replace an item: `available` (on hand minus reservations) and price."""
+    with database.connection() as conn:
+        return inventory.put_item(conn, sku, item.available, item.price_cents)
+
+
+@router.get("/inventory/{sku}", response_model=ItemOut, responses={404: {"model": Problem}})
+def get_item(sku: str) -> dict[str, Any]:
+    with database.connection() as conn:
+        item = inventory.get_item(conn, sku)
+    if item is None:
+        raise HTTPException(404, f"item {sku!r} not found")
+    return item
+
+
+@router.get("/payments", response_model=list[PaymentOut])
+def list_payments(order_id: OrderIdQuery) -> list[dict[str, Any]]:
+    with database.connection() as conn:
+        return payments.payments_for(conn, order_id)
+
+
+@router.get("/shipments", response_model=list[ShipmentOut])
+def list_shipments(order_id: OrderIdQuery) -> list[dict[str, Any]]:
+    with database.connection() as conn:
+        return shipping.shipments_for(conn, order_id)
+
+
+@router.get("/notifications", response_model=list[NotificationOut])
+def list_notifications(order_id: OrderIdQuery) -> list[dict[str, Any]]:
+    with database.connection() as conn:
+        return notifications.notifications_for(conn, order_id)
+
+
+@router.put("/faults/{operation}", response_model=FaultOut)
+def set_fault(operation: faults.Operation, fault: FaultIn) -> dict[str, Any]:
+    """While down, the operation fails like an unreachable service (a transient error)."""
+    with database.connection() as conn:
+        faults.set_down(conn, operation, fault.down)
+    return {"operation": operation, "down": fault.down}
+
+
+@router.get("/faults", response_model=dict[str, bool])
+def get_faults() -> dict[str, bool]:
+    """Each operation and whether it is down."""
+    with database.connection() as conn:
+        return faults.switches(conn)

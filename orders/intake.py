@@ -1,0 +1,89 @@
+"""Taking an order in: stored once per Idempotency-Key (or order_id), before its saga starts."""
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, cast
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from orders.errors import IdempotencyConflict
+from orders.model import Order, SagaState
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An accepted order and its saga. `created` is False when a retry found it stored."""
+
+    order_id: str
+    saga_id: str
+    state: SagaState
+    order: Order
+    created: bool
+
+
+def place(conn: Conn, request: dict[str, Any], idempotency_key: str | None) -> Placement:
+    """Store the order unless the same request was stored already.
+
+    `request` is the validated body (order_id None when the client gave none). Raises
+    IdempotencyConflict when the key or order_id was used for a different body.
+    """
+    fingerprint = hashlib.sha256(
+        json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    order = cast(Order, {**request, "order_id": request.get("order_id") or _new_order_id()})
+    row = conn.execute(
+        """INSERT INTO orders.orders
+               (order_id, saga_id, idempotency_key, request, request_sha256, state)
+           VALUES (%s, %s, %s, %s, %s, 'STARTED')
+           ON CONFLICT DO NOTHING RETURNING saga_id""",
+        (order["order_id"], str(uuid.uuid4()), idempotency_key, Jsonb(order), fingerprint),
+    ).fetchone()
+    if row is not None:
+        return Placement(order["order_id"], row[0], "STARTED", order, created=True)
+    return _stored_placement(conn, order["order_id"], idempotency_key, fingerprint)
+
+
+def unstarted(conn: Conn) -> list[tuple[str, Order]]:
+    """(saga_id, order) of stored orders whose saga was never created (a crash in between)."""
+    rows = conn.execute(
+        """SELECT o.saga_id, o.request FROM orders.orders o
+            WHERE o.state = 'STARTED' AND NOT EXISTS
+                  (SELECT 1 FROM dbos.workflow_status w WHERE w.workflow_uuid = o.saga_id)
+            ORDER BY o.created_at"""
+    ).fetchall()
+    return [(saga_id, cast(Order, request)) for saga_id, request in rows]
+
+
+def _stored_placement(
+    conn: Conn, order_id: str, idempotency_key: str | None, fingerprint: str
+) -> Placement:
+    with conn.cursor(row_factory=dict_row) as cur:
+        if idempotency_key is not None:
+            cur.execute(
+                "SELECT * FROM orders.orders WHERE idempotency_key = %s", (idempotency_key,)
+            )
+        else:
+            cur.execute("SELECT * FROM orders.orders WHERE order_id = %s", (order_id,))
+        stored = cur.fetchone()
+    if stored is None:
+        raise IdempotencyConflict(
+            f"order_id {order_id!r} already belongs to a request with a different Idempotency-Key"
+        )
+    if stored["request_sha256"] != fingerprint:
+        used = (
+            f"Idempotency-Key {idempotency_key!r}" if idempotency_key else f"order_id {order_id!r}"
+        )
+        raise IdempotencyConflict(f"{used} was already used with a different request body")
+    return Placement(
+        stored["order_id"], stored["saga_id"], stored["state"], stored["request"], created=False
+    )
+
+
+def _new_order_id() -> str:
+    return f"ord_{uuid.uuid4().hex}"

@@ -1,0 +1,55 @@
+"""Names of the saga's states and steps, and the shape of an order (JSON values only)."""
+
+from typing import Literal, NotRequired, TypedDict, get_args
+
+SagaState = Literal[
+    "STARTED",
+    "PENDING",
+    "AWAITING_APPROVAL",
+    "COMPENSATING",
+    "COMPLETED",
+    "FAILED",
+    "COMPENSATION_FAILED",
+]
+SAGA_STATES: tuple[str, ...] = get_args(SagaState)
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED"})
+
+FORWARD_STEPS = ("reserve_inventory", "process_payment", "create_shipment", "send_confirmation")
+COMPENSATION_OF = {  # compensation name -> the forward step it undoes
+    "release_reservation": "reserve_inventory",
+    "refund_payment": "process_payment",
+    "cancel_shipment": "create_shipment",
+    "send_cancellation_notice": "send_confirmation",
+}
+StepKind = Literal["forward", "compensation"]
+
+
+class Item(TypedDict):
+    sku: str
+    quantity: int
+
+
+class Address(TypedDict):
+    name: str
+    line1: str
+    line2: NotRequired[str | None]
+    city: str
+    postal_code: str
+    country: str
+
+
+class Order(TypedDict):
+    """The saga's input, as stored in dbos.workflow_input."""
+
+    order_id: str
+    customer_id: str
+    customer_email: str
+    items: list[Item]
+    payment_method: str
+    shipping_address: Address
+
+
+def idempotency_key(order_id: str, operation: str) -> str:
+    """The key a downstream operation is made idempotent by: the business identity,
+    never the workflow id (a forked or retried saga must not act twice)."""
+    return f"{order_id}:{operation}"

@@ -1,0 +1,61 @@
+"""Reading saga state for the API: the saga_status view plus each step's journal row."""
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from orders.model import FORWARD_STEPS
+
+Conn = psycopg.Connection[Any]
+
+_STEP_COLUMNS = "name, status, attempts, error, started_at, finished_at"
+
+
+def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
+    """The saga of one order with its four forward steps and the compensations it ran."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        saga = cur.execute(
+            """SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
+                      created_at, updated_at
+                 FROM saga_status WHERE order_id = %s""",
+            (order_id,),
+        ).fetchone()
+        if saga is None:
+            return None
+        rows = cur.execute(
+            f"""SELECT kind, {_STEP_COLUMNS} FROM orders.saga_steps
+                 WHERE order_id = %s ORDER BY seq""",
+            (order_id,),
+        ).fetchall()
+    forward = {row["name"]: row for row in rows if row["kind"] == "forward"}
+    saga["steps"] = [_step(forward.get(name), name) for name in FORWARD_STEPS]
+    saga["compensations"] = [_step(row, row["name"]) for row in rows if row["kind"] != "forward"]
+    return saga
+
+
+def saga_state(conn: Conn, order_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT state FROM orders.orders WHERE order_id = %s", (order_id,)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def list_orders(conn: Conn, state: str | None, limit: int) -> list[dict[str, Any]]:
+    """Summaries, newest first, optionally only those in `state`."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT order_id, saga_id, state, total_cents, error, created_at, updated_at
+                 FROM orders.orders
+                WHERE %(state)s::text IS NULL OR state = %(state)s
+                ORDER BY created_at DESC, order_id DESC LIMIT %(limit)s""",
+            {"state": state, "limit": limit},
+        ).fetchall()
+
+
+def _step(row: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    if row is None:
+        return {"name": name, "status": "pending", "attempts": 0, "error": None,
+                "started_at": None, "finished_at": None}  # fmt: skip
+    return {key: row[key] for key in ("name", "status", "attempts", "error",
+                                       "started_at", "finished_at")}  # fmt: skip

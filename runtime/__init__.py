@@ -1,0 +1,1 @@
+"""Process plumbing: settings, the database, migrations, and the DBOS runtime."""

@@ -1,0 +1,66 @@
+"""The one PostgreSQL database: its URL and the connection pool the app uses."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from runtime import embedded
+from runtime.settings import Settings
+
+_pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
+
+
+def resolve_url(settings: Settings) -> str:
+    """DATABASE_URL if set, else the embedded server's URL (starting it if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return embedded.start(settings.data_dir)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database as a SQLAlchemy URL using the psycopg 3 driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got {scheme!r}")
+    return f"postgresql+psycopg://{rest}"
+
+
+def open_pool(url: str, size: int) -> None:
+    """Open the process-wide pool. Connections are autocommit; code opens transactions."""
+    global _pool
+    if _pool is not None:
+        raise RuntimeError("the database pool is already open")
+    _pool = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True},
+        timeout=30,
+        name="app",
+        configure=_in_utc,
+        open=False,
+    )
+    _pool.open(wait=True, timeout=30)
+
+
+def _in_utc(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    conn.execute("SET TIME ZONE 'UTC'")  # every time the API shows is UTC
+
+
+def close_pool() -> None:
+    """Close the pool (idempotent)."""
+    global _pool
+    if _pool is not None:
+        _pool.close()
+        _pool = None
+
+
+@contextmanager
+def connection() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A pooled autocommit connection; use `with conn.transaction():` for atomic work."""
+    if _pool is None:
+        raise RuntimeError("the database pool is not open (runtime not started)")
+    with _pool.connection() as conn:
+        yield conn

@@ -1,0 +1,42 @@
+"""All configuration, read once from the environment (names as in the README)."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment knobs. Each field's env var is its name in upper case."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset = embedded server under DATA_DIR"
+    )
+    data_dir: Path = Field(default=Path(".data"), description="Embedded PostgreSQL lives here")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+    approval_threshold_cents: int = Field(default=100_000, ge=0)
+    approval_timeout_seconds: float = Field(default=86_400, gt=0)
+    participant_latency_ms: int = Field(default=0, ge=0)
+    step_timeout_seconds: float = Field(default=10.0, gt=0)
+    step_attempts: int = Field(default=5, ge=1)
+    compensation_attempts: int = Field(default=10, ge=1)
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)
+
+    executor_id: str = Field(default="local", min_length=1)
+    application_version: str = Field(
+        default="order-saga-1", description="Bump on purpose; see README 'Changing the saga'"
+    )
+    db_pool_size: int = Field(default=10, ge=1)
+    seed_demo_catalog: bool = True
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

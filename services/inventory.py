@@ -1,0 +1,120 @@
+"""Inventory: stock levels, prices, and all-or-nothing reservations."""
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from services.outcomes import Outcome, done, refused
+
+Conn = psycopg.Connection[Any]
+
+
+def put_item(conn: Conn, sku: str, available: int, price_cents: int) -> dict[str, Any]:
+    """Create or replace an item so that `available` (on hand minus reservations) is as given."""
+    conn.execute(
+        """INSERT INTO inventory.items (sku, on_hand, price_cents) VALUES (%s, %s, %s)
+           ON CONFLICT (sku) DO UPDATE
+              SET on_hand = items.reserved + EXCLUDED.on_hand,
+                  price_cents = EXCLUDED.price_cents, updated_at = now()""",
+        (sku, available, price_cents),
+    )
+    item = get_item(conn, sku)
+    assert item is not None
+    return item
+
+
+def get_item(conn: Conn, sku: str) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT sku, on_hand - reserved AS available, price_cents
+                 FROM inventory.items WHERE sku = %s""",
+            (sku,),
+        ).fetchone()
+
+
+def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str, Any]]) -> Outcome:
+    """Hold every item of the order, or none: refused on an unknown SKU or short stock."""
+    refusal: str | None = None
+    with conn.transaction() as tx:
+        # Claiming the key first makes a concurrent call with the same key wait, then reuse.
+        reservation_id = f"res_{uuid.uuid4().hex}"
+        claimed = conn.execute(
+            """INSERT INTO inventory.reservations
+                   (reservation_id, idempotency_key, order_id, status, total_cents)
+               VALUES (%s, %s, %s, 'active', 0)
+               ON CONFLICT (idempotency_key) DO NOTHING RETURNING reservation_id""",
+            (reservation_id, key, order_id),
+        ).fetchone()
+        if claimed is None:
+            raise psycopg.Rollback(tx)
+        total = 0
+        for item in sorted(items, key=lambda i: str(i["sku"])):  # one lock order: no deadlocks
+            sku, quantity = item["sku"], item["quantity"]
+            row = conn.execute(
+                """UPDATE inventory.items SET reserved = reserved + %(q)s, updated_at = now()
+                    WHERE sku = %(sku)s AND on_hand - reserved >= %(q)s
+                RETURNING price_cents""",
+                {"sku": sku, "q": quantity},
+            ).fetchone()
+            if row is None:
+                refusal = _why_not_reservable(conn, sku, quantity)
+                raise psycopg.Rollback(tx)
+            total += row[0] * quantity
+            conn.execute(
+                """INSERT INTO inventory.reservation_lines
+                       (reservation_id, sku, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)""",
+                (reservation_id, sku, quantity, row[0]),
+            )
+        conn.execute(
+            "UPDATE inventory.reservations SET total_cents = %s WHERE reservation_id = %s",
+            (total, reservation_id),
+        )
+    if refusal is not None:
+        return refused(refusal)
+    return _reservation(conn, key)
+
+
+def release_reservation(conn: Conn, key: str) -> Outcome:
+    """Give back the stock held under `key`; a no-op if none is held (any more)."""
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE inventory.reservations SET status = 'released', released_at = now()
+                WHERE idempotency_key = %s AND status = 'active' RETURNING reservation_id""",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return done(released=False)
+        conn.execute(
+            """UPDATE inventory.items i SET reserved = i.reserved - l.quantity, updated_at = now()
+                 FROM inventory.reservation_lines l
+                WHERE l.reservation_id = %s AND i.sku = l.sku""",
+            (row[0],),
+        )
+    return done(released=True, reservation_id=row[0])
+
+
+def _reservation(conn: Conn, key: str) -> Outcome:
+    with conn.cursor(row_factory=dict_row) as cur:
+        res = cur.execute(
+            """SELECT reservation_id, status, total_cents FROM inventory.reservations
+                WHERE idempotency_key = %s""",
+            (key,),
+        ).fetchone()
+        assert res is not None
+        lines = cur.execute(
+            """SELECT sku, quantity, unit_price_cents FROM inventory.reservation_lines
+                WHERE reservation_id = %s ORDER BY sku""",
+            (res["reservation_id"],),
+        ).fetchall()
+    return done(**res, lines=lines)
+
+
+def _why_not_reservable(conn: Conn, sku: str, quantity: int) -> str:
+    row = conn.execute(
+        "SELECT on_hand - reserved FROM inventory.items WHERE sku = %s", (sku,)
+    ).fetchone()
+    if row is None:
+        return f"unknown SKU {sku!r}"
+    return f"insufficient stock for {sku!r}: {quantity} requested, {row[0]} available"

@@ -1,0 +1,1 @@
+"""DBOS workflows: the order of steps and their compensation, nothing else."""
