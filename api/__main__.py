@@ -13,6 +13,7 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl command
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from api.schemas import OrderAccepted, OrderIn, OrderList, OrderView, Problem
 from orders import intake, views
 from orders.errors import OrderNotFound
-from orders.model import TERMINAL_STATES, SagaState
+from orders.model import SagaState
 from runtime import database
 from workflows import order_fulfillment
 
@@ -85,8 +85,7 @@ async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
     deadline = loop.time() + seconds
     pause = 0.02
     while True:
-        state = await run_in_threadpool(_state, order_id)
-        if state in TERMINAL_STATES:
+        if await run_in_threadpool(_has_ended, order_id):
             return await run_in_threadpool(_view, order_id)
         left = deadline - loop.time()
         if left <= 0:
@@ -95,9 +94,9 @@ async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
         pause = min(pause * 2, 0.25)
 
 
-def _state(order_id: str) -> str | None:
+def _has_ended(order_id: str) -> bool:
     with database.connection() as conn:
-        return views.saga_state(conn, order_id)
+        return views.has_ended(conn, order_id)
 
 
 def _view(order_id: str) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from orders.model import FORWARD_STEPS
+from orders.model import FORWARD_STEPS, TERMINAL_STATES
 
 Conn = psycopg.Connection[Any]
 
@@ -34,11 +34,12 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
     return saga
 
 
-def saga_state(conn: Conn, order_id: str) -> str | None:
+def has_ended(conn: Conn, order_id: str) -> bool:
+    """The saga reached COMPLETED or FAILED and its workflow has returned too."""
     row = conn.execute(
-        "SELECT state FROM orders.orders WHERE order_id = %s", (order_id,)
+        "SELECT state, dbos_status FROM saga_status WHERE order_id = %s", (order_id,)
     ).fetchone()
-    return str(row[0]) if row else None
+    return row is not None and row[0] in TERMINAL_STATES and row[1] not in ("PENDING", "ENQUEUED")
 
 
 def list_orders(conn: Conn, state: str | None, limit: int) -> list[dict[str, Any]]:

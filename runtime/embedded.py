@@ -4,7 +4,6 @@ import json
 import logging
 import warnings
 from pathlib import Path
-
 from typing import Any
 
 import psutil

@@ -1,0 +1,52 @@
+"""A saga re-run from its records (DBOS.fork_workflow from each step) ends the same way,
+and its downstream effects stay exactly as they were: steps are idempotent by business key."""
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from dbos import DBOS
+
+from tests.support.orders import available, effects, order_body
+
+
+@pytest.fixture(scope="module")
+def fork_queue(live_url: str) -> str:
+    """Forks run from a queue; this one is polled often so the test does not wait ~1 s each."""
+    DBOS.register_queue("test_forks", polling_interval_sec=0.02)
+    return "test_forks"
+
+
+@pytest.mark.parametrize(
+    ("fields", "recorded_steps"),
+    [
+        pytest.param({}, 4, id="completed"),
+        pytest.param({"payment_method": "pm_card_declined"}, 4, id="declined"),
+        pytest.param({"customer_email": "ada@bounce.test"}, 8, id="bounced"),
+    ],
+)
+def test_forking_a_saga_from_any_step_reaches_the_same_outcome(
+    api: httpx.Client,
+    db: psycopg.Connection[Any],
+    stock: Callable[..., str],
+    fork_queue: str,
+    fields: dict[str, Any],
+    recorded_steps: int,
+) -> None:
+    sku = stock(5)
+    body = order_body({sku: 2}, **fields)
+    original = api.post("/orders", json=body, params={"wait": 30}).json()
+    recorded = DBOS.list_workflow_steps(original["saga_id"])
+    settled = effects(db, body["order_id"]), available(db, sku)
+    assert len(recorded) == recorded_steps
+
+    for step in recorded:
+        fork = DBOS.fork_workflow(original["saga_id"], step["function_id"], queue_name=fork_queue)
+        result = fork.get_result(polling_interval_sec=0.02)
+
+        assert result == {"state": original["state"], "error": original["error"]}, step
+        assert (effects(db, body["order_id"]), available(db, sku)) == settled, step
+        view = api.get(f"/orders/{body['order_id']}").json()
+        assert (view["state"], view["error"]) == (original["state"], original["error"]), step
