@@ -3,12 +3,12 @@
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api.schemas import OrderAccepted, OrderIn, OrderList, OrderView, Problem
+from api.schemas import IDENTIFIER, OrderAccepted, OrderIn, OrderList, OrderView, Problem
 from orders import intake, views
 from orders.errors import OrderNotFound
 from orders.model import SagaState
@@ -52,7 +52,7 @@ async def place_order(
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
-def get_order(order_id: str) -> dict[str, Any]:
+def get_order(order_id: Annotated[str, Path(pattern=IDENTIFIER)]) -> dict[str, Any]:
     """The saga: state, current step, each forward step, the compensations that ran."""
     with database.connection() as conn:
         view = views.order_view(conn, order_id)

@@ -1,7 +1,7 @@
 """Request and response bodies. Validation happens here, before anything is stored."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -15,9 +15,21 @@ from pydantic import (
 
 from orders.model import SagaState
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+IDENTIFIER = r"^[A-Za-z0-9_-]{1,64}$"
+SKU = r"^[A-Za-z0-9._-]{1,64}$"
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"  # PostgreSQL text cannot even hold NUL
+
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER)]
+Sku = Annotated[str, StringConstraints(pattern=SKU)]
+
+
+def _text(min_length: int, max_length: int) -> Any:
+    return StringConstraints(
+        min_length=min_length, max_length=max_length, pattern=NO_CONTROL_CHARACTERS
+    )
+
+
+Text = Annotated[str, _text(1, 200)]
 
 
 def _deliverable_syntax(address: str) -> str:
@@ -48,15 +60,15 @@ class ItemIn(Strict):
 class AddressIn(Strict):
     name: Text
     line1: Text
-    line2: Annotated[str, StringConstraints(max_length=200)] | None = None
+    line2: Annotated[str, _text(0, 200)] | None = None
     city: Text
-    postal_code: Annotated[str, StringConstraints(min_length=1, max_length=20)]
+    postal_code: Annotated[str, _text(1, 20)]
     country: Country = Field(description="ISO 3166-1 alpha-2 code, e.g. US")
 
 
 class OrderIn(Strict):
     order_id: Identifier | None = Field(default=None, description="Generated when absent")
-    customer_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    customer_id: Annotated[str, _text(1, 64)]
     customer_email: Email
     items: list[ItemIn] = Field(min_length=1, max_length=100)
     payment_method: Annotated[str, StringConstraints(pattern=r"^pm_[A-Za-z0-9_]{1,60}$")] = Field(

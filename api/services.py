@@ -5,6 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from api.schemas import (
+    IDENTIFIER,
+    SKU,
     FaultIn,
     FaultOut,
     ItemOut,
@@ -19,8 +21,8 @@ from services import faults, inventory, notifications, payments, shipping
 
 router = APIRouter(tags=["downstream services"])
 
-SkuPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
-OrderIdQuery = Annotated[str, Query(min_length=1, max_length=64)]
+SkuPath = Annotated[str, Path(pattern=SKU)]
+OrderIdQuery = Annotated[str, Query(pattern=IDENTIFIER)]
 
 
 @router.put("/inventory/{sku}", response_model=ItemOut)
@@ -31,7 +33,7 @@ def put_item(sku: SkuPath, item: ItemPut) -> dict[str, Any]:
 
 
 @router.get("/inventory/{sku}", response_model=ItemOut, responses={404: {"model": Problem}})
-def get_item(sku: str) -> dict[str, Any]:
+def get_item(sku: SkuPath) -> dict[str, Any]:
     with database.connection() as conn:
         item = inventory.get_item(conn, sku)
     if item is None:

@@ -35,7 +35,10 @@ def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: s
            UPDATE orders.orders
               SET state = %(state)s, current_step = %(name)s,
                   error = COALESCE(error, %(reason)s), updated_at = now()
-            WHERE order_id = %(order_id)s""",
+            WHERE order_id = %(order_id)s
+              -- a step re-run after the saga ended (a crash before its checkpoint, a fork)
+              -- must not take a finished saga back
+              AND state NOT IN ('COMPLETED', 'FAILED')""",
         {
             "order_id": order_id,
             "kind": kind,
@@ -97,10 +100,12 @@ def step_failed(conn: Conn, order_id: str, kind: StepKind, name: str, error: str
 
 
 def saga_failed(conn: Conn, order_id: str, reason: str) -> None:
-    """The saga is over: what it did has been undone."""
+    """The saga is over: what it did has been undone. A reason already recorded is kept
+    (a re-run of a failed saga fails again, often for a reason of its own)."""
     conn.execute(
         """UPDATE orders.orders
-              SET state = 'FAILED', current_step = NULL, error = %s, updated_at = now()
+              SET state = 'FAILED', current_step = NULL, error = COALESCE(error, %s),
+                  updated_at = now()
             WHERE order_id = %s""",
         (reason, order_id),
     )

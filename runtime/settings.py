@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(default=0.5, ge=0)
 
     executor_id: str = Field(default="local", min_length=1)
+    executor_lock_wait_seconds: float = Field(
+        default=15.0, ge=0, description="How long a start waits for its executor id to be free"
+    )
     application_version: str = Field(
         default="order-saga-1", description="Bump on purpose; see README 'Changing the saga'"
     )

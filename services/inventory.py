@@ -35,19 +35,16 @@ def get_item(conn: Conn, sku: str) -> dict[str, Any] | None:
 
 
 def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str, Any]]) -> Outcome:
-    """Hold every item of the order, or none: refused on an unknown SKU or short stock."""
+    """Hold every item of the order, or none: refused on an unknown SKU or short stock.
+
+    The first answer under `key` is final: a repeated call gets it back, and a call after
+    the reservation was released (or after a release that came first) is refused.
+    """
     refusal: str | None = None
     with conn.transaction() as tx:
         # Claiming the key first makes a concurrent call with the same key wait, then reuse.
         reservation_id = f"res_{uuid.uuid4().hex}"
-        claimed = conn.execute(
-            """INSERT INTO inventory.reservations
-                   (reservation_id, idempotency_key, order_id, status, total_cents)
-               VALUES (%s, %s, %s, 'active', 0)
-               ON CONFLICT (idempotency_key) DO NOTHING RETURNING reservation_id""",
-            (reservation_id, key, order_id),
-        ).fetchone()
-        if claimed is None:
+        if not _claim(conn, reservation_id, key, order_id, "active"):
             raise psycopg.Rollback(tx)
         total = 0
         for item in sorted(items, key=lambda i: str(i["sku"])):  # one lock order: no deadlocks
@@ -71,44 +68,91 @@ def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str,
             "UPDATE inventory.reservations SET total_cents = %s WHERE reservation_id = %s",
             (total, reservation_id),
         )
-    if refusal is not None:
-        return refused(refusal)
-    return _reservation(conn, key)
+    if refusal is not None:  # keep the refusal, so the key answers the same way from now on
+        _claim(conn, reservation_id, key, order_id, "refused", refusal)
+    return _answer(conn, key)
 
 
-def release_reservation(conn: Conn, key: str) -> Outcome:
-    """Give back the stock held under `key`; a no-op if none is held (any more)."""
+def release_reservation(conn: Conn, key: str, order_id: str) -> Outcome:
+    """Give back the stock held under `key`. With nothing held, void the key, so that a
+    reserve arriving late (a call still in flight elsewhere) is refused instead of holding."""
     with conn.transaction():
-        row = conn.execute(
-            """UPDATE inventory.reservations SET status = 'released', released_at = now()
-                WHERE idempotency_key = %s AND status = 'active' RETURNING reservation_id""",
-            (key,),
-        ).fetchone()
-        if row is None:
-            return done(released=False)
+        for _ in range(2):  # a reserve claiming the key meanwhile is released on the 2nd pass
+            row = conn.execute(
+                """UPDATE inventory.reservations SET status = 'released', released_at = now()
+                    WHERE idempotency_key = %s AND status = 'active' RETURNING reservation_id""",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                _give_back(conn, row[0])
+                return done(released=True, reservation_id=row[0])
+            if _claim(conn, f"res_{uuid.uuid4().hex}", key, order_id, "released"):
+                return done(released=False, voided=True)
+            if _status(conn, key) != "active":
+                return done(released=False)
+    raise RuntimeError(f"reservation {key!r} kept changing while being released")
+
+
+def _claim(
+    conn: Conn,
+    reservation_id: str,
+    key: str,
+    order_id: str,
+    status: str,
+    refusal: str | None = None,
+) -> bool:
+    row = conn.execute(
+        """INSERT INTO inventory.reservations
+               (reservation_id, idempotency_key, order_id, status, total_cents, refusal,
+                released_at)
+           VALUES (%s, %s, %s, %s, 0, %s, CASE WHEN %s = 'released' THEN now() END)
+           ON CONFLICT (idempotency_key) DO NOTHING RETURNING reservation_id""",
+        (reservation_id, key, order_id, status, refusal, status),
+    ).fetchone()
+    return row is not None
+
+
+def _give_back(conn: Conn, reservation_id: str) -> None:
+    lines = conn.execute(  # lock the items in SKU order, as reserve does: no deadlocks
+        """SELECT l.sku, l.quantity FROM inventory.reservation_lines l
+             JOIN inventory.items i ON i.sku = l.sku
+            WHERE l.reservation_id = %s ORDER BY l.sku FOR UPDATE OF i""",
+        (reservation_id,),
+    ).fetchall()
+    for sku, quantity in lines:
         conn.execute(
-            """UPDATE inventory.items i SET reserved = i.reserved - l.quantity, updated_at = now()
-                 FROM inventory.reservation_lines l
-                WHERE l.reservation_id = %s AND i.sku = l.sku""",
-            (row[0],),
+            """UPDATE inventory.items SET reserved = reserved - %s, updated_at = now()
+                WHERE sku = %s""",
+            (quantity, sku),
         )
-    return done(released=True, reservation_id=row[0])
 
 
-def _reservation(conn: Conn, key: str) -> Outcome:
+def _status(conn: Conn, key: str) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM inventory.reservations WHERE idempotency_key = %s", (key,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _answer(conn: Conn, key: str) -> Outcome:
+    """What a reserve call under `key` answers, given what the key holds."""
     with conn.cursor(row_factory=dict_row) as cur:
         res = cur.execute(
-            """SELECT reservation_id, status, total_cents FROM inventory.reservations
+            """SELECT reservation_id, status, total_cents, refusal FROM inventory.reservations
                 WHERE idempotency_key = %s""",
             (key,),
         ).fetchone()
         assert res is not None
+        if res["status"] == "refused":
+            return refused(res["refusal"])
+        if res["status"] == "released":
+            return refused("the reservation was already released by a compensation")
         lines = cur.execute(
             """SELECT sku, quantity, unit_price_cents FROM inventory.reservation_lines
                 WHERE reservation_id = %s ORDER BY sku""",
             (res["reservation_id"],),
         ).fetchall()
-    return done(**res, lines=lines)
+    return done(reservation_id=res["reservation_id"], total_cents=res["total_cents"], lines=lines)
 
 
 def _why_not_reservable(conn: Conn, sku: str, quantity: int) -> str:

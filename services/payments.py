@@ -23,10 +23,11 @@ _COLUMNS = "payment_id, order_id, amount_cents, status"
 def process_payment(
     conn: Conn, key: str, order_id: str, amount_cents: int, payment_method: str
 ) -> Outcome:
-    """Capture `amount_cents` once per key; refused for declining test cards."""
-    existing = _payment(conn, key)
+    """Capture `amount_cents` once per key; refused for declining test cards, and refused
+    once the key's payment was refunded or voided by a compensation."""
+    existing = _answer(conn, key)
     if existing is not None:
-        return done(**existing)
+        return existing
     if payment_method in DECLINED:
         return refused(f"payment declined: {DECLINED[payment_method]} ({payment_method})")
     if payment_method == FLAKY:
@@ -36,41 +37,71 @@ def process_payment(
                 f"process_payment: provider timed out ({FLAKY}, call {calls} of "
                 f"{FLAKY_FAILURES} that fail)"
             )
-    conn.execute(
-        """INSERT INTO payments.payments
-               (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
-           VALUES (%s, %s, %s, %s, %s, 'captured')
-           ON CONFLICT (idempotency_key) DO NOTHING""",
-        (f"pay_{uuid.uuid4().hex}", key, order_id, amount_cents, payment_method),
-    )
-    captured = _payment(conn, key)
-    assert captured is not None
-    return done(**captured)
+    _insert(conn, key, order_id, "captured", amount_cents, payment_method)
+    answer = _answer(conn, key)
+    assert answer is not None
+    return answer
 
 
-def refund_payment(conn: Conn, key: str) -> Outcome:
-    """Refund the payment captured under `key`; a no-op if there is none (any more)."""
-    row = conn.execute(
-        """UPDATE payments.payments SET status = 'refunded', refunded_at = now()
-            WHERE idempotency_key = %s AND status = 'captured' RETURNING payment_id""",
-        (key,),
-    ).fetchone()
-    return done(refunded=row is not None, payment_id=row[0] if row else None)
+def refund_payment(conn: Conn, key: str, order_id: str) -> Outcome:
+    """Refund the payment captured under `key`. With none captured, void the key, so that
+    a capture arriving late (a call still in flight elsewhere) is refused."""
+    with conn.transaction():
+        for _ in range(2):  # a capture landing meanwhile is refunded on the 2nd pass
+            row = conn.execute(
+                """UPDATE payments.payments SET status = 'refunded', refunded_at = now()
+                    WHERE idempotency_key = %s AND status = 'captured' RETURNING payment_id""",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                return done(refunded=True, payment_id=row[0])
+            if _insert(conn, key, order_id, "voided", 0, None):
+                return done(refunded=False, voided=True)
+            if _status(conn, key) != "captured":
+                return done(refunded=False)
+    raise RuntimeError(f"payment {key!r} kept changing while being refunded")
 
 
 def payments_for(conn: Conn, order_id: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            f"SELECT {_COLUMNS} FROM payments.payments WHERE order_id = %s ORDER BY created_at",
+            f"""SELECT {_COLUMNS} FROM payments.payments
+                 WHERE order_id = %s AND status <> 'voided' ORDER BY created_at""",
             (order_id,),
         ).fetchall()
 
 
-def _payment(conn: Conn, key: str) -> dict[str, Any] | None:
+def _answer(conn: Conn, key: str) -> Outcome | None:
+    """What a capture under `key` answers, given what the key holds (None: nothing yet)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
+        row = cur.execute(
             f"SELECT {_COLUMNS} FROM payments.payments WHERE idempotency_key = %s", (key,)
         ).fetchone()
+    if row is None:
+        return None
+    if row["status"] != "captured":
+        return refused(f"the payment was already {row['status']} by a compensation")
+    return done(**row)
+
+
+def _insert(
+    conn: Conn, key: str, order_id: str, status: str, amount: int, method: str | None
+) -> bool:
+    row = conn.execute(
+        """INSERT INTO payments.payments
+               (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (idempotency_key) DO NOTHING RETURNING payment_id""",
+        (f"pay_{uuid.uuid4().hex}", key, order_id, amount, method, status),
+    ).fetchone()
+    return row is not None
+
+
+def _status(conn: Conn, key: str) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM payments.payments WHERE idempotency_key = %s", (key,)
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _count_call(conn: Conn, key: str) -> int:

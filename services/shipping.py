@@ -21,45 +21,76 @@ _COLUMNS = "shipment_id, order_id, status, tracking_number"
 
 
 def create_shipment(conn: Conn, key: str, order_id: str, address: dict[str, Any]) -> Outcome:
-    """Book one shipment per key; refused when the country is not served."""
-    existing = _shipment(conn, key)
+    """Book one shipment per key; refused when the country is not served, and refused once
+    the key's shipment was cancelled or voided by a compensation."""
+    existing = _answer(conn, key)
     if existing is not None:
-        return done(**existing)
+        return existing
     country = address["country"]
     if country not in SERVED_COUNTRIES:
         return refused(f"shipping to {country} is not served")
-    conn.execute(
-        """INSERT INTO shipping.shipments
-               (shipment_id, idempotency_key, order_id, status, tracking_number, country)
-           VALUES (%s, %s, %s, 'created', %s, %s)
-           ON CONFLICT (idempotency_key) DO NOTHING""",
-        (f"shp_{uuid.uuid4().hex}", key, order_id, f"TRK{secrets.randbelow(10**12):012d}", country),
-    )
-    created = _shipment(conn, key)
-    assert created is not None
-    return done(**created)
+    _insert(conn, key, order_id, "created", f"TRK{secrets.randbelow(10**12):012d}", country)
+    answer = _answer(conn, key)
+    assert answer is not None
+    return answer
 
 
-def cancel_shipment(conn: Conn, key: str) -> Outcome:
-    """Cancel the shipment booked under `key`; a no-op if there is none (any more)."""
-    row = conn.execute(
-        """UPDATE shipping.shipments SET status = 'cancelled', cancelled_at = now()
-            WHERE idempotency_key = %s AND status = 'created' RETURNING shipment_id""",
-        (key,),
-    ).fetchone()
-    return done(cancelled=row is not None, shipment_id=row[0] if row else None)
+def cancel_shipment(conn: Conn, key: str, order_id: str) -> Outcome:
+    """Cancel the shipment booked under `key`. With none booked, void the key, so that a
+    booking arriving late (a call still in flight elsewhere) is refused."""
+    with conn.transaction():
+        for _ in range(2):  # a booking landing meanwhile is cancelled on the 2nd pass
+            row = conn.execute(
+                """UPDATE shipping.shipments SET status = 'cancelled', cancelled_at = now()
+                    WHERE idempotency_key = %s AND status = 'created' RETURNING shipment_id""",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                return done(cancelled=True, shipment_id=row[0])
+            if _insert(conn, key, order_id, "voided", None, None):
+                return done(cancelled=False, voided=True)
+            if _status(conn, key) != "created":
+                return done(cancelled=False)
+    raise RuntimeError(f"shipment {key!r} kept changing while being cancelled")
 
 
 def shipments_for(conn: Conn, order_id: str) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            f"SELECT {_COLUMNS} FROM shipping.shipments WHERE order_id = %s ORDER BY created_at",
+            f"""SELECT {_COLUMNS} FROM shipping.shipments
+                 WHERE order_id = %s AND status <> 'voided' ORDER BY created_at""",
             (order_id,),
         ).fetchall()
 
 
-def _shipment(conn: Conn, key: str) -> dict[str, Any] | None:
+def _answer(conn: Conn, key: str) -> Outcome | None:
+    """What a booking under `key` answers, given what the key holds (None: nothing yet)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
+        row = cur.execute(
             f"SELECT {_COLUMNS} FROM shipping.shipments WHERE idempotency_key = %s", (key,)
         ).fetchone()
+    if row is None:
+        return None
+    if row["status"] != "created":
+        return refused(f"the shipment was already {row['status']} by a compensation")
+    return done(**row)
+
+
+def _insert(
+    conn: Conn, key: str, order_id: str, status: str, tracking: str | None, country: str | None
+) -> bool:
+    row = conn.execute(
+        """INSERT INTO shipping.shipments
+               (shipment_id, idempotency_key, order_id, status, tracking_number, country)
+           VALUES (%s, %s, %s, %s, %s, %s)
+           ON CONFLICT (idempotency_key) DO NOTHING RETURNING shipment_id""",
+        (f"shp_{uuid.uuid4().hex}", key, order_id, status, tracking, country),
+    ).fetchone()
+    return row is not None
+
+
+def _status(conn: Conn, key: str) -> str | None:
+    row = conn.execute(
+        "SELECT status FROM shipping.shipments WHERE idempotency_key = %s", (key,)
+    ).fetchone()
+    return None if row is None else str(row[0])

@@ -29,6 +29,6 @@ def release_reservation(order: Order, reason: str) -> Outcome:
         "compensation",
         "release_reservation",
         order["order_id"],
-        lambda conn: inventory.release_reservation(conn, key),
+        lambda conn: inventory.release_reservation(conn, key, order["order_id"]),
         reason=reason,
     )

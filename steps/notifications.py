@@ -26,12 +26,13 @@ def send_confirmation(order: Order) -> Outcome:
 def send_cancellation_notice(order: Order, reason: str) -> Outcome:
     """E-mail the customer that the order is cancelled, if they had been confirmed."""
     key = idempotency_key(order["order_id"], "send_cancellation_notice")
+    confirmation_key = idempotency_key(order["order_id"], "send_confirmation")
     return runner.run(
         "compensation",
         "send_cancellation_notice",
         order["order_id"],
         lambda conn: notifications.send_cancellation_notice(
-            conn, key, order["order_id"], order["customer_email"]
+            conn, key, confirmation_key, order["order_id"], order["customer_email"]
         ),
         reason=reason,
     )

@@ -30,6 +30,6 @@ def refund_payment(order: Order, reason: str) -> Outcome:
         "compensation",
         "refund_payment",
         order["order_id"],
-        lambda conn: payments.refund_payment(conn, key),
+        lambda conn: payments.refund_payment(conn, key, order["order_id"]),
         reason=reason,
     )

@@ -58,19 +58,20 @@ def run(
     """Call downstream operation `name` for the order, journaling the attempt around it.
 
     Returns the service's outcome (done or refused). Transient errors propagate for DBOS
-    to retry; anything else becomes StepFailed, which is not retried.
+    to retry; anything else, the journal's writes included, becomes StepFailed (not retried),
+    so the workflow sees the same class of error on its first run as on a replay.
     """
-    with database.connection() as conn:
-        journal.step_started(conn, order_id, kind, name, reason)
     try:
+        with database.connection() as conn:
+            journal.step_started(conn, order_id, kind, name, reason)
         outcome = transport.call(name, action)
+        with database.connection() as conn:
+            journal.step_finished(conn, order_id, kind, name, outcome)
     except Exception as error:
         _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
         if is_transient(error):
             raise
         raise StepFailed(f"{name}: {type(error).__name__}: {error}") from error
-    with database.connection() as conn:
-        journal.step_finished(conn, order_id, kind, name, outcome)
     return outcome
 
 

@@ -29,6 +29,6 @@ def cancel_shipment(order: Order, reason: str) -> Outcome:
         "compensation",
         "cancel_shipment",
         order["order_id"],
-        lambda conn: shipping.cancel_shipment(conn, key),
+        lambda conn: shipping.cancel_shipment(conn, key, order["order_id"]),
         reason=reason,
     )

@@ -27,15 +27,17 @@ class Refused(Exception):
     """A step's service refused for a business reason (declined card, no stock, ...)."""
 
 
-# What makes the saga compensate. A step's recorded error replays as PortableWorkflowError,
-# never as its original class (DESIGN.md). Anything else (DBOS itself failing, shutdown)
-# propagates: the workflow stays PENDING and is recovered, nothing is undone by mistake.
+# What makes the saga compensate. A step's recorded error replays as PortableWorkflowError
+# named after its original class (DESIGN.md), so those are told apart by name. Anything else
+# (DBOS itself failing, shutdown) propagates: the workflow stays PENDING and is recovered,
+# and nothing is undone by mistake.
 SAGA_FAILURES = (
     Refused,
     StepFailed,
     dbos_errors.DBOSMaxStepRetriesExceeded,
     PortableWorkflowError,
 )
+STEP_FAILURES_BY_NAME = frozenset({"StepFailed", "DBOSMaxStepRetriesExceeded"})
 
 
 class Compensations:
@@ -69,6 +71,8 @@ def order_fulfillment(order: Order) -> SagaResult:
         saga.attempt(create_shipment, cancel_shipment)
         saga.attempt(send_confirmation, send_cancellation_notice)
     except SAGA_FAILURES as failure:
+        if isinstance(failure, PortableWorkflowError) and failure.name not in STEP_FAILURES_BY_NAME:
+            raise
         reason = str(failure)
         saga.run_in_reverse(reason)
         record_failure(order["order_id"], reason)

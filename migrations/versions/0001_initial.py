@@ -24,18 +24,21 @@ def upgrade() -> None:
         CREATE SCHEMA inventory;
         CREATE TABLE inventory.items (
             sku          text PRIMARY KEY,
-            on_hand      integer NOT NULL CHECK (on_hand >= 0),
-            reserved     integer NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+            on_hand      bigint NOT NULL CHECK (on_hand >= 0),
+            reserved     bigint NOT NULL DEFAULT 0 CHECK (reserved >= 0),
             price_cents  bigint  NOT NULL CHECK (price_cents >= 0),
             updated_at   timestamptz NOT NULL DEFAULT now(),
             CONSTRAINT stock_never_below_zero CHECK (reserved <= on_hand)
         );
+        -- One row per key, whatever happened under it: 'refused' keeps the first answer,
+        -- 'released' with no lines is a release that came first (a late reserve is refused).
         CREATE TABLE inventory.reservations (
             reservation_id  text PRIMARY KEY,
             idempotency_key text NOT NULL UNIQUE,
             order_id        text NOT NULL,
-            status          text NOT NULL CHECK (status IN ('active', 'released')),
+            status          text NOT NULL CHECK (status IN ('active', 'released', 'refused')),
             total_cents     bigint NOT NULL,
+            refusal         text,
             created_at      timestamptz NOT NULL DEFAULT now(),
             released_at     timestamptz
         );
@@ -54,8 +57,9 @@ def upgrade() -> None:
             idempotency_key text NOT NULL UNIQUE,
             order_id        text NOT NULL,
             amount_cents    bigint NOT NULL CHECK (amount_cents >= 0),
-            payment_method  text NOT NULL,
-            status          text NOT NULL CHECK (status IN ('captured', 'refunded')),
+            payment_method  text,
+            -- 'voided': a refund came before any capture, so a late capture is refused
+            status          text NOT NULL CHECK (status IN ('captured', 'refunded', 'voided')),
             created_at      timestamptz NOT NULL DEFAULT now(),
             refunded_at     timestamptz
         );
@@ -71,9 +75,10 @@ def upgrade() -> None:
             shipment_id     text PRIMARY KEY,
             idempotency_key text NOT NULL UNIQUE,
             order_id        text NOT NULL,
-            status          text NOT NULL CHECK (status IN ('created', 'cancelled')),
-            tracking_number text NOT NULL,
-            country         text NOT NULL,
+            -- 'voided': a cancel came before any booking, so a late booking is refused
+            status          text NOT NULL CHECK (status IN ('created', 'cancelled', 'voided')),
+            tracking_number text,
+            country         text,
             created_at      timestamptz NOT NULL DEFAULT now(),
             cancelled_at    timestamptz
         );
@@ -86,6 +91,8 @@ def upgrade() -> None:
             order_id        text NOT NULL,
             kind            text NOT NULL CHECK (kind IN ('confirmation', 'cancellation')),
             "to"            text NOT NULL,
+            -- 'voided': the order was cancelled before its confirmation went out
+            status          text NOT NULL DEFAULT 'sent' CHECK (status IN ('sent', 'voided')),
             created_at      timestamptz NOT NULL DEFAULT now()
         );
         CREATE INDEX ON notifications.notifications (order_id);

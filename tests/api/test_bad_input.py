@@ -203,3 +203,64 @@ def test_unknown_order_and_item_are_404(api: httpx.Client) -> None:
     assert api.get("/orders/no-such-order").status_code == 404
     assert api.get("/orders/no-such-order").json() == {"detail": "order 'no-such-order' not found"}
     assert api.get("/inventory/NO-SUCH-SKU").status_code == 404
+
+
+@pytest.mark.usefixtures("nothing_changes")
+@pytest.mark.parametrize(
+    ("method", "url", "raw", "field"),
+    [
+        ("POST", "/orders", '{"customer_id": "\\ud800"}', ("body", "customer_id")),
+        (
+            "POST",
+            "/orders",
+            '{"items": [{"sku": "A", "quantity": NaN}]}',
+            ("body", "items", 0, "quantity"),
+        ),
+        (
+            "PUT",
+            "/inventory/WIDGET",
+            '{"available": Infinity, "price_cents": 1}',
+            ("body", "available"),
+        ),
+        ("PUT", "/faults/process_payment", '{"down": NaN}', ("body", "down")),
+        ("PUT", "/inventory/WIDGET", '{"available": 1, "price_cents": 1, "\\udfff": 1}', ("body",)),
+    ],
+    ids=["lone-surrogate", "nan-quantity", "infinite-stock", "nan-switch", "surrogate-key"],
+)
+def test_values_json_cannot_echo_back_are_still_a_422(
+    api: httpx.Client, method: str, url: str, raw: str, field: tuple[Any, ...]
+) -> None:
+    response = api.request(method, url, content=raw, headers={"content-type": "application/json"})
+
+    found = locations(response)
+    assert any(loc[: len(field)] == field for loc in found), found
+
+
+@pytest.mark.usefixtures("nothing_changes")
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/orders/ord%00x", ("path", "order_id")),
+        ("/inventory/W%00", ("path", "sku")),
+        ("/payments?order_id=o%00", ("query", "order_id")),
+        ("/shipments?order_id=o%00", ("query", "order_id")),
+        ("/notifications?order_id=o%00", ("query", "order_id")),
+    ],
+)
+def test_a_nul_character_in_a_path_or_query_is_a_422(
+    api: httpx.Client, url: str, field: tuple[str, ...]
+) -> None:
+    assert field in locations(api.get(url))
+
+
+@pytest.mark.usefixtures("nothing_changes")
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"customer_id": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000],
+    ids=["invalid-utf8", "nested-100000-deep"],
+)
+def test_a_body_that_cannot_even_be_parsed_is_a_400(api: httpx.Client, raw: bytes) -> None:
+    response = api.post("/orders", content=raw, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "There was an error parsing the body"}

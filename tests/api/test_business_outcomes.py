@@ -127,7 +127,7 @@ def test_an_unreservable_item_fails_the_order_and_reserves_nothing(
     assert second in view["error"]
     assert available(db, plenty) == 10
     assert effects(db, view["order_id"]) == {
-        "reservations": [],
+        "reservations": ["refused"],
         "payments": [],
         "shipments": [],
         "notifications": [],

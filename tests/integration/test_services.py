@@ -1,5 +1,6 @@
 """The downstream services on their own: every operation acts once per key."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,10 +52,13 @@ def test_a_refused_reservation_holds_nothing(conn: Conn) -> None:
         "reason": f"insufficient stock for {scarce!r}: 2 requested, 1 available",
     }
     assert inventory.get_item(conn, plenty)["available"] == 5  # type: ignore[index]
-    row = conn.execute(
-        "SELECT count(*) FROM inventory.reservations WHERE order_id = %s", (order_id,)
-    )
-    assert row.fetchone() == (0,)
+    held = conn.execute(
+        """SELECT r.status, count(l.sku) FROM inventory.reservations r
+             LEFT JOIN inventory.reservation_lines l USING (reservation_id)
+            WHERE r.order_id = %s GROUP BY r.status""",
+        (order_id,),
+    ).fetchall()
+    assert held == [("refused", 0)]  # the answer is kept for the key; nothing is held
 
 
 def test_releasing_twice_gives_the_stock_back_once(conn: Conn) -> None:
@@ -62,8 +66,8 @@ def test_releasing_twice_gives_the_stock_back_once(conn: Conn) -> None:
     order_id = new_id("ord")
     inventory.reserve_inventory(conn, f"{order_id}:r", order_id, [{"sku": sku, "quantity": 4}])
 
-    first = inventory.release_reservation(conn, f"{order_id}:r")
-    again = inventory.release_reservation(conn, f"{order_id}:r")
+    first = inventory.release_reservation(conn, f"{order_id}:r", order_id)
+    again = inventory.release_reservation(conn, f"{order_id}:r", order_id)
 
     assert (first["released"], again["released"]) == (True, False)
     assert inventory.get_item(conn, sku)["available"] == 5  # type: ignore[index]
@@ -75,7 +79,7 @@ def test_replacing_stock_keeps_what_is_reserved(conn: Conn) -> None:
     inventory.reserve_inventory(conn, f"{order_id}:r", order_id, [{"sku": sku, "quantity": 3}])
 
     inventory.put_item(conn, sku, available=7, price_cents=100)
-    inventory.release_reservation(conn, f"{order_id}:r")
+    inventory.release_reservation(conn, f"{order_id}:r", order_id)
 
     assert inventory.get_item(conn, sku)["available"] == 10  # type: ignore[index]
 
@@ -116,21 +120,13 @@ def test_a_payment_is_captured_once_per_key_and_refunded_once(conn: Conn) -> Non
 
     first = payments.process_payment(conn, key, order_id, 1234, "pm_card_visa")
     again = payments.process_payment(conn, key, order_id, 1234, "pm_card_visa")
-    refunds = [payments.refund_payment(conn, key)["refunded"] for _ in range(2)]
+    refunds = [payments.refund_payment(conn, key, order_id)["refunded"] for _ in range(2)]
 
     assert first == again
     assert refunds == [True, False]
     assert [(p["status"], p["amount_cents"]) for p in payments.payments_for(conn, order_id)] == [
         ("refunded", 1234)
     ]
-
-
-def test_refunding_what_was_never_captured_does_nothing(conn: Conn) -> None:
-    assert payments.refund_payment(conn, "no-such:key") == {
-        "outcome": "done",
-        "refunded": False,
-        "payment_id": None,
-    }
 
 
 def test_the_flaky_card_fails_twice_then_captures(conn: Conn) -> None:
@@ -152,7 +148,9 @@ def test_shipping_refuses_unserved_countries_and_cancels_once(conn: Conn) -> Non
         shipping.create_shipment(conn, f"{order_id}:s", order_id, address)["outcome"] == "refused"
     )
     shipment = shipping.create_shipment(conn, f"{order_id}:s", order_id, {"country": "FR"})
-    cancels = [shipping.cancel_shipment(conn, f"{order_id}:s")["cancelled"] for _ in range(2)]
+    cancels = [
+        shipping.cancel_shipment(conn, f"{order_id}:s", order_id)["cancelled"] for _ in range(2)
+    ]
 
     assert shipment["tracking_number"].startswith("TRK")
     assert cancels == [True, False]
@@ -161,10 +159,14 @@ def test_shipping_refuses_unserved_countries_and_cancels_once(conn: Conn) -> Non
 def test_a_cancellation_notice_goes_only_to_a_confirmed_customer_and_only_once(conn: Conn) -> None:
     order_id = new_id("ord")
 
-    unconfirmed = notifications.send_cancellation_notice(conn, f"{order_id}:x", order_id, "a@b.co")
+    unconfirmed = notifications.send_cancellation_notice(
+        conn, f"{order_id}:x", f"{order_id}:c0", order_id, "a@b.co"
+    )
     notifications.send_confirmation(conn, f"{order_id}:c", order_id, "a@b.co")
     for _ in range(2):
-        notifications.send_cancellation_notice(conn, f"{order_id}:x2", order_id, "a@b.co")
+        notifications.send_cancellation_notice(
+            conn, f"{order_id}:x2", f"{order_id}:c", order_id, "a@b.co"
+        )
 
     assert unconfirmed["sent"] is False
     kinds = [n["kind"] for n in notifications.notifications_for(conn, order_id)]
@@ -186,8 +188,136 @@ def test_an_operation_switched_down_is_unreachable_until_repaired(conn: Conn) ->
     faults.set_down(conn, "cancel_shipment", True)
     try:
         with pytest.raises(ServiceUnavailable, match="fault switch is on"):
-            transport.call("cancel_shipment", lambda c: shipping.cancel_shipment(c, "k"))
+            transport.call("cancel_shipment", lambda c: shipping.cancel_shipment(c, "k", "o"))
         assert transport.call("create_shipment", lambda c: {"reached": True}) == {"reached": True}
     finally:
         faults.set_down(conn, "cancel_shipment", False)
     assert transport.call("cancel_shipment", lambda c: {"reached": True}) == {"reached": True}
+
+
+# Each forward operation with its undo: (act, undo) on one order, and what "it acted" means.
+def reserve(conn: Conn, order_id: str) -> dict[str, Any]:
+    return inventory.reserve_inventory(
+        conn, f"{order_id}:r", order_id, [{"sku": SHARED_SKU, "quantity": 1}]
+    )
+
+
+def release(conn: Conn, order_id: str) -> dict[str, Any]:
+    return inventory.release_reservation(conn, f"{order_id}:r", order_id)
+
+
+def capture(conn: Conn, order_id: str) -> dict[str, Any]:
+    return payments.process_payment(conn, f"{order_id}:p", order_id, 100, "pm_card_visa")
+
+
+def refund(conn: Conn, order_id: str) -> dict[str, Any]:
+    return payments.refund_payment(conn, f"{order_id}:p", order_id)
+
+
+def book(conn: Conn, order_id: str) -> dict[str, Any]:
+    return shipping.create_shipment(conn, f"{order_id}:s", order_id, {"country": "US"})
+
+
+def cancel(conn: Conn, order_id: str) -> dict[str, Any]:
+    return shipping.cancel_shipment(conn, f"{order_id}:s", order_id)
+
+
+def confirm(conn: Conn, order_id: str) -> dict[str, Any]:
+    return notifications.send_confirmation(conn, f"{order_id}:c", order_id, "a@b.co")
+
+
+def retract(conn: Conn, order_id: str) -> dict[str, Any]:
+    return notifications.send_cancellation_notice(
+        conn, f"{order_id}:x", f"{order_id}:c", order_id, "a@b.co"
+    )
+
+
+def in_effect(conn: Conn, order_id: str) -> dict[str, bool]:
+    """Which forward effects of the order are still standing."""
+
+    def exists(sql: str) -> bool:
+        return conn.execute(sql, (order_id,)).fetchone() is not None
+
+    confirmed = exists(
+        "SELECT 1 FROM notifications.notifications WHERE order_id = %s "
+        "AND kind = 'confirmation' AND status = 'sent'"
+    )
+    retracted = exists(
+        "SELECT 1 FROM notifications.notifications WHERE order_id = %s AND kind = 'cancellation'"
+    )
+    return {
+        "reserve": exists(
+            "SELECT 1 FROM inventory.reservations WHERE order_id = %s AND status = 'active'"
+        ),
+        "capture": exists(
+            "SELECT 1 FROM payments.payments WHERE order_id = %s AND status = 'captured'"
+        ),
+        "book": exists(
+            "SELECT 1 FROM shipping.shipments WHERE order_id = %s AND status = 'created'"
+        ),
+        "confirm": confirmed and not retracted,
+    }
+
+
+PAIRS = [(reserve, release), (capture, refund), (book, cancel), (confirm, retract)]
+SHARED_SKU = "RACE-SKU"
+
+
+@pytest.fixture
+def shared_sku(conn: Conn) -> str:
+    inventory.put_item(conn, SHARED_SKU, 1_000_000, 100)
+    return SHARED_SKU
+
+
+@pytest.mark.usefixtures("shared_sku")
+@pytest.mark.parametrize(("act", "undo"), PAIRS, ids=[a.__name__ for a, _ in PAIRS])
+def test_an_undo_that_comes_first_voids_the_key_so_a_late_call_does_nothing(
+    conn: Conn, act: Any, undo: Any
+) -> None:
+    order_id = new_id("ord")
+
+    undone = undo(conn, order_id)
+    late = act(conn, order_id)
+
+    assert undone["outcome"] == "done"
+    assert late["outcome"] == "refused"
+    assert "compensation" in late["reason"] or "cancelled" in late["reason"]
+    assert not any(in_effect(conn, order_id).values())
+
+
+@pytest.mark.usefixtures("shared_sku")
+@pytest.mark.parametrize(("act", "undo"), PAIRS, ids=[a.__name__ for a, _ in PAIRS])
+def test_an_undo_after_its_call_undoes_it_and_a_repeat_of_the_call_is_refused(
+    conn: Conn, act: Any, undo: Any
+) -> None:
+    order_id = new_id("ord")
+
+    assert act(conn, order_id)["outcome"] == "done"
+    undo(conn, order_id)
+    again = act(conn, order_id)  # e.g. a saga forked after it had failed
+
+    assert again["outcome"] == "refused"
+    assert not any(in_effect(conn, order_id).values())
+
+
+@pytest.mark.usefixtures("shared_sku")
+@pytest.mark.parametrize(("act", "undo"), PAIRS, ids=[a.__name__ for a, _ in PAIRS])
+def test_a_call_racing_its_undo_never_leaves_an_effect_standing(
+    live_url: str, act: Any, undo: Any
+) -> None:
+    from runtime import database
+
+    def run(fn: Any, order_id: str, start: threading.Barrier) -> None:
+        start.wait()
+        with database.connection() as c:
+            fn(c, order_id)
+
+    for _ in range(25):
+        order_id = new_id("ord")
+        start = threading.Barrier(2)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            calls = [pool.submit(run, fn, order_id, start) for fn in (act, undo)]
+            for call in calls:
+                call.result()
+        with database.connection() as c:
+            assert not any(in_effect(c, order_id).values()), order_id

@@ -100,3 +100,37 @@ def test_an_order_stored_without_its_saga_is_started_on_the_next_start(
     assert view["saga_id"] == placement.saga_id
     assert view["state"] == "COMPLETED"
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 1})
+
+
+def test_a_second_process_on_the_same_database_and_executor_id_refuses_to_start(
+    service: ServiceProcess, service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    service.start(PARTICIPANT_LATENCY_MS="600")
+    with httpx.Client(base_url=service.url) as client:
+        client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 1500})
+        body = order_body({"WIDGET": 1})
+        client.post("/orders", json=body)
+    second = ServiceProcess(service_db, EXECUTOR_LOCK_WAIT_SECONDS="1", LOG_LEVEL="WARNING")
+
+    exit_code = second.start_expecting_failure()
+
+    assert exit_code != 0
+    assert "executor id 'local' is in use by another live process" in second.tail()
+    view = wait_for_end(service.url, body["order_id"])
+    assert view["state"] == "COMPLETED"
+    assert all(step["attempts"] == 1 for step in view["steps"])  # nobody ran them twice
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 1})
+
+
+def test_a_second_process_on_a_busy_port_exits_before_touching_the_database(
+    service: ServiceProcess, service_db: str
+) -> None:
+    service.start()
+    second = ServiceProcess(service_db, LOG_LEVEL="WARNING")
+    second.port = service.port
+
+    exit_code = second.start_expecting_failure(timeout=30)
+
+    assert exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{service.port}" in second.tail()
+    assert "executor id" not in second.tail()

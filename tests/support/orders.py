@@ -40,7 +40,8 @@ def available(conn: psycopg.Connection[Any], sku: str) -> int | None:
 
 
 def effects(conn: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
-    """Everything the downstream services hold for the order, in creation order."""
+    """Everything the downstream services hold for the order, in creation order. Voided
+    keys (an undo that came first) are markers, not effects, and are left out."""
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql, (order_id,)).fetchall()
@@ -54,19 +55,20 @@ def effects(conn: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
         ],
         "payments": rows(
             "SELECT status, amount_cents FROM payments.payments "
-            "WHERE order_id = %s ORDER BY created_at"
+            "WHERE order_id = %s AND status <> 'voided' ORDER BY created_at"
         ),
         "shipments": [
             r[0]
             for r in rows(
-                "SELECT status FROM shipping.shipments WHERE order_id = %s ORDER BY created_at"
+                "SELECT status FROM shipping.shipments "
+                "WHERE order_id = %s AND status <> 'voided' ORDER BY created_at"
             )
         ],
         "notifications": [
             r[0]
             for r in rows(
                 "SELECT kind FROM notifications.notifications "
-                "WHERE order_id = %s ORDER BY created_at"
+                "WHERE order_id = %s AND status = 'sent' ORDER BY created_at"
             )
         ],
     }

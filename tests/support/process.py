@@ -52,6 +52,22 @@ class ServiceProcess:
                 raise TimeoutError(f"service did not become healthy:\n{self.tail()}")
             time.sleep(0.05)
 
+    def start_expecting_failure(self, timeout: float = 60, **env: str) -> int:
+        """Start it when it must not come up; its exit code."""
+        assert self._proc is None, "already running"
+        environment = {**os.environ, **self.env, **env, "DATABASE_URL": self.database_url}
+        environment |= {"PORT": str(self.port), "HOST": "127.0.0.1"}
+        with self.log.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "api"], cwd=ROOT, env=environment, stdout=log, stderr=log
+            )
+        try:
+            return proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind runs."""
         assert self._proc is not None
