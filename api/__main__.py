@@ -7,6 +7,7 @@ import sys
 import uvicorn
 
 from api.app import create_app
+from runtime.exit import exit_if_sagas_wait
 from runtime.settings import get_settings
 
 
@@ -30,9 +31,15 @@ def main() -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
-    uvicorn.Server(config).run(sockets=[listener])
-    return 0
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down
+        return 130
+    return 0 if server.started else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    exit_if_sagas_wait(code)
+    sys.exit(code)

@@ -21,7 +21,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        lifecycle.start(settings)
+        try:
+            lifecycle.start(settings)
+        except BaseException:
+            lifecycle.stop()  # give back what was taken: the executor id, the embedded server
+            raise
         try:
             yield
         finally:

@@ -7,11 +7,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from orders.errors import IdempotencyConflict, OrderError, OrderNotFound
+from orders.errors import IdempotencyConflict, NotAllowedNow, OrderError, OrderNotFound
 
 log = logging.getLogger(__name__)
 
-STATUS = {OrderNotFound: 404, IdempotencyConflict: 409}
+STATUS = {OrderNotFound: 404, IdempotencyConflict: 409, NotAllowedNow: 409}
 
 
 def install(app: FastAPI) -> None:

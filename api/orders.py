@@ -8,14 +8,24 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api.schemas import IDENTIFIER, OrderAccepted, OrderIn, OrderList, OrderView, Problem
-from orders import intake, views
+from api.schemas import (
+    IDENTIFIER,
+    CancelIn,
+    OrderAccepted,
+    OrderIn,
+    OrderList,
+    OrderView,
+    Problem,
+)
+from orders import control, intake, views
 from orders.errors import OrderNotFound
 from orders.model import SagaState
 from runtime import database
 from workflows import order_fulfillment
 
 router = APIRouter(tags=["orders"])
+
+OrderIdPath = Annotated[str, Path(pattern=IDENTIFIER)]
 
 
 @router.post(
@@ -52,7 +62,7 @@ async def place_order(
 
 
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
-def get_order(order_id: Annotated[str, Path(pattern=IDENTIFIER)]) -> dict[str, Any]:
+def get_order(order_id: OrderIdPath) -> dict[str, Any]:
     """The saga: state, current step, each forward step, the compensations that ran."""
     with database.connection() as conn:
         view = views.order_view(conn, order_id)
@@ -102,3 +112,64 @@ def _has_ended(order_id: str) -> bool:
 def _view(order_id: str) -> dict[str, Any] | None:
     with database.connection() as conn:
         return views.order_view(conn, order_id)
+
+
+@router.post(
+    "/orders/{order_id}/approve",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def approve(order_id: OrderIdPath, response: Response) -> Any:
+    """Let a saga AWAITING_APPROVAL go on (202); 409 in any other state."""
+    return await _control(order_id, response, control.decide, "approved")
+
+
+@router.post(
+    "/orders/{order_id}/reject",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def reject(order_id: OrderIdPath, response: Response) -> Any:
+    """Make a saga AWAITING_APPROVAL undo what it did (202); 409 in any other state."""
+    return await _control(order_id, response, control.decide, "rejected")
+
+
+@router.post(
+    "/orders/{order_id}/cancel",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def cancel(order_id: OrderIdPath, response: Response, body: CancelIn | None = None) -> Any:
+    """Stop the saga at its next safe point and undo what it did (202); 409 once it ended.
+    Also while it waits for approval, or while a step is in flight (that step is undone)."""
+    return await _control(order_id, response, control.cancel, body.reason if body else None)
+
+
+@router.post(
+    "/orders/{order_id}/retry-compensation",
+    status_code=202,
+    response_model=OrderAccepted,
+    responses={404: {"model": Problem}, 409: {"model": Problem}},
+)
+async def retry_compensation(order_id: OrderIdPath, response: Response) -> Any:
+    """Make a saga parked in COMPENSATION_FAILED try its remaining compensations again."""
+    return await _control(order_id, response, control.retry_compensation)
+
+
+async def _control(order_id: str, response: Response, request: Any, *args: Any) -> OrderAccepted:
+    def settle_and_wake() -> dict[str, Any]:
+        with database.connection() as conn:
+            wake = request(conn, order_id, *args)
+        if wake is not None:
+            order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
+        with database.connection() as conn:
+            view = views.order_view(conn, order_id)
+        assert view is not None
+        return view
+
+    view = await run_in_threadpool(settle_and_wake)
+    response.headers["Location"] = f"/orders/{order_id}"
+    return OrderAccepted(order_id=order_id, saga_id=view["saga_id"], state=view["state"])

@@ -92,6 +92,11 @@ class OrderAccepted(BaseModel):
     state: SagaState
 
 
+class Approval(BaseModel):
+    deadline: datetime = Field(description="When the saga stops waiting and compensates")
+    decision: Literal["approved", "rejected", "timed_out"] | None
+
+
 class StepView(BaseModel):
     name: str
     status: Literal["pending", "executing", "completed", "failed", "compensating", "compensated"]
@@ -111,6 +116,8 @@ class OrderView(BaseModel):
     steps: list[StepView]
     compensations: list[StepView]
     dbos_status: str | None = Field(description="The DBOS workflow status behind the saga")
+    approval: Approval | None = Field(description="Set once the order waited for approval")
+    cancel_requested_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
@@ -163,11 +170,19 @@ class NotificationOut(BaseModel):
 
 class FaultIn(Strict):
     down: bool
+    latency_ms: int = Field(default=0, ge=0, le=600_000, description="Extra latency per call")
 
 
 class FaultOut(BaseModel):
     operation: str
     down: bool
+    latency_ms: int
+
+
+class CancelIn(Strict):
+    reason: Annotated[str, _text(1, 200)] | None = Field(
+        default=None, description="Kept in the order's error: 'cancelled by request: <reason>'"
+    )
 
 
 class Problem(BaseModel):

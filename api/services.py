@@ -61,14 +61,23 @@ def list_notifications(order_id: OrderIdQuery) -> list[dict[str, Any]]:
 
 @router.put("/faults/{operation}", response_model=FaultOut)
 def set_fault(operation: faults.Operation, fault: FaultIn) -> dict[str, Any]:
-    """While down, the operation fails like an unreachable service (a transient error)."""
+    """While down, the operation fails like an unreachable service (a transient error).
+    `latency_ms` makes each call to it that much slower (0 = no extra latency)."""
     with database.connection() as conn:
-        faults.set_down(conn, operation, fault.down)
-    return {"operation": operation, "down": fault.down}
+        faults.set_switch(conn, operation, fault.down, fault.latency_ms)
+    return {"operation": operation, "down": fault.down, "latency_ms": fault.latency_ms}
 
 
 @router.get("/faults", response_model=dict[str, bool])
 def get_faults() -> dict[str, bool]:
     """Each operation and whether it is down."""
     with database.connection() as conn:
-        return faults.switches(conn)
+        return {op: switch.down for op, switch in faults.switches(conn).items()}
+
+
+@router.get("/faults/{operation}", response_model=FaultOut)
+def get_fault(operation: faults.Operation) -> dict[str, Any]:
+    """One operation's switch: down, and its extra latency."""
+    with database.connection() as conn:
+        switch = faults.switch(conn, operation)
+    return {"operation": operation, "down": switch.down, "latency_ms": switch.latency_ms}

@@ -12,3 +12,7 @@ class OrderNotFound(OrderError):
 
 class IdempotencyConflict(OrderError):
     """The key (or order_id) was already used for a different request body."""
+
+
+class NotAllowedNow(OrderError):
+    """The saga's state does not allow the request (approving a saga that is not waiting)."""

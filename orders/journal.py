@@ -1,7 +1,12 @@
-"""The saga's progress, written by its steps: one SQL statement before and after each call.
+"""The saga's progress, written by its own steps: one SQL statement per change.
 
 Writing here (about 0.2 ms) rather than through extra DBOS operations (one step's cost each)
 keeps the saga near DBOS's floor, and makes the state plain to read in psql.
+
+Every statement that moves the saga updates its order row first and reads the cancel request
+from that same (locked) row, so a cancel and a step can never both think they came first.
+Nothing here ever takes a finished (COMPLETED or FAILED) saga back: a step re-run after the
+end (a crash before its checkpoint, an operator's fork) only touches its own journal row.
 """
 
 from typing import Any
@@ -14,31 +19,48 @@ from orders.model import COMPENSATION_OF, FORWARD_STEPS, StepKind
 Conn = psycopg.Connection[Any]
 
 PRICED_BY = "reserve_inventory"  # the reservation fixes the order's total
+_CANCEL_REASON = "COALESCE(o.cancel_reason, 'cancelled by request')"
+_CANCELLED = f"CASE WHEN o.cancel_requested_at IS NOT NULL THEN {_CANCEL_REASON} END"
+_ENDED = "o.state IN ('COMPLETED', 'FAILED')"
+_HALTED = "(%(kind)s = 'forward' AND o.cancel_requested_at IS NOT NULL)"
 
 
-def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: str | None) -> None:
+def step_started(
+    conn: Conn, order_id: str, kind: StepKind, name: str, reason: str | None
+) -> tuple[str | None, bool]:
     """Record an attempt of a step as executing, and the saga as being at that step.
 
-    A compensation also marks the step it undoes as compensating and keeps `reason`
-    as the saga's error.
+    Returns the cancel reason if a cancel was requested (else None), and whether an earlier
+    attempt of this step began (then it may have acted, before a crash). A cancelled forward
+    step must not act, and this attempt is not recorded. A compensation marks the step it
+    undoes as compensating and keeps `reason` as the saga's error.
     """
-    conn.execute(
-        """WITH step AS (
+    row = conn.execute(
+        f"""WITH saga AS (
+               UPDATE orders.orders o
+                  SET state = CASE WHEN {_ENDED} OR {_HALTED} THEN o.state ELSE %(state)s END,
+                      current_step = CASE WHEN {_ENDED} OR {_HALTED} THEN o.current_step
+                                          ELSE %(name)s END,
+                      error = CASE WHEN {_ENDED} THEN o.error
+                                   ELSE COALESCE(o.error, %(reason)s) END,
+                      updated_at = CASE WHEN {_ENDED} THEN o.updated_at ELSE now() END
+                WHERE o.order_id = %(order_id)s
+            RETURNING {_HALTED} AS halted, {_CANCELLED} AS cancelled),
+           go AS (SELECT 1 FROM saga WHERE NOT halted),
+           step AS (
                INSERT INTO orders.saga_steps AS s
                       (order_id, kind, name, status, attempts, started_at)
-               VALUES (%(order_id)s, %(kind)s, %(name)s, 'executing', 1, now())
+               SELECT %(order_id)s, %(kind)s, %(name)s, 'executing', 1, now() FROM go
                ON CONFLICT (order_id, kind, name) DO UPDATE
                   SET status = 'executing', attempts = s.attempts + 1, finished_at = NULL),
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensating'
-                WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s)
-           UPDATE orders.orders
-              SET state = %(state)s, current_step = %(name)s,
-                  error = COALESCE(error, %(reason)s), updated_at = now()
-            WHERE order_id = %(order_id)s
-              -- a step re-run after the saga ended (a crash before its checkpoint, a fork)
-              -- must not take a finished saga back
-              AND state NOT IN ('COMPLETED', 'FAILED')""",
+                WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s
+                  AND EXISTS (SELECT 1 FROM go))
+           SELECT cancelled, EXISTS (
+                      SELECT 1 FROM orders.saga_steps  -- as it was before this statement
+                       WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s)
+             FROM saga""",
         {
             "order_id": order_id,
             "kind": kind,
@@ -47,19 +69,30 @@ def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: s
             "state": "PENDING" if kind == "forward" else "COMPENSATING",
             "reason": reason,
         },
-    )
+    ).fetchone()
+    return (row[0], bool(row[1])) if row else (None, False)
 
 
-def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome: Any) -> None:
+def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome: Any) -> Any:
     """Record what the step's call answered: done, or refused (a failed forward step).
 
-    The last forward step completing completes the saga; a compensation completing marks
-    the step it undid as compensated.
+    Returns the cancel reason if a cancel was requested (else None). The last forward step
+    completing completes the saga, unless a cancel came first. A compensation completing
+    marks the step it undid as compensated.
     """
     refused = outcome.get("outcome") == "refused"
-    completes_saga = kind == "forward" and name == FORWARD_STEPS[-1] and not refused
-    conn.execute(
-        """WITH step AS (
+    row = conn.execute(
+        f"""WITH saga AS (
+               UPDATE orders.orders o
+                  SET total_cents = COALESCE(%(total_cents)s, o.total_cents),
+                      state = CASE WHEN %(completes)s AND o.cancel_requested_at IS NULL
+                                   THEN 'COMPLETED' ELSE o.state END,
+                      current_step = CASE WHEN %(completes)s AND o.cancel_requested_at IS NULL
+                                          THEN NULL ELSE o.current_step END,
+                      updated_at = now()
+                WHERE o.order_id = %(order_id)s AND NOT {_ENDED}
+            RETURNING {_CANCELLED} AS cancelled),
+           step AS (
                UPDATE orders.saga_steps
                   SET status = %(status)s, error = %(error)s, output = %(output)s,
                       finished_at = now()
@@ -67,12 +100,7 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensated'
                 WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s)
-           UPDATE orders.orders
-              SET total_cents = COALESCE(%(total_cents)s, total_cents),
-                  state = CASE WHEN %(completes)s THEN 'COMPLETED' ELSE state END,
-                  current_step = CASE WHEN %(completes)s THEN NULL ELSE current_step END,
-                  updated_at = now()
-            WHERE order_id = %(order_id)s""",
+           SELECT cancelled FROM saga""",
         {
             "order_id": order_id,
             "kind": kind,
@@ -82,21 +110,71 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
             "output": Jsonb(outcome),
             "undoes": COMPENSATION_OF.get(name),
             "total_cents": outcome.get("total_cents") if name == PRICED_BY else None,
-            "completes": completes_saga,
+            "completes": kind == "forward" and name == FORWARD_STEPS[-1] and not refused,
         },
-    )
+    ).fetchone()
+    return row[0] if row else None
 
 
 def step_failed(conn: Conn, order_id: str, kind: StepKind, name: str, error: str) -> None:
-    """Record that an attempt of a step raised (it may be retried)."""
+    """Record that an attempt of a step raised (it may be tried again)."""
     conn.execute(
         """WITH step AS (
                UPDATE orders.saga_steps
                   SET status = 'failed', error = %(error)s, finished_at = now()
                 WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s)
-           UPDATE orders.orders SET updated_at = now() WHERE order_id = %(order_id)s""",
+           UPDATE orders.orders SET updated_at = now()
+            WHERE order_id = %(order_id)s AND state NOT IN ('COMPLETED', 'FAILED')""",
         {"order_id": order_id, "kind": kind, "name": name, "error": error},
     )
+
+
+def approval_opened(conn: Conn, order_id: str, timeout_seconds: float) -> Any:
+    """Put the saga in AWAITING_APPROVAL with its deadline, unless a cancel came first.
+
+    Returns the cancel reason if a cancel was requested (else None)."""
+    row = conn.execute(
+        f"""UPDATE orders.orders o
+               SET state = CASE WHEN o.cancel_requested_at IS NULL
+                                THEN 'AWAITING_APPROVAL' ELSE o.state END,
+                   current_step = CASE WHEN o.cancel_requested_at IS NULL
+                                       THEN NULL ELSE o.current_step END,
+                   approval_deadline = COALESCE(o.approval_deadline,
+                                                now() + make_interval(secs => %s)),
+                   updated_at = now()
+             WHERE o.order_id = %s AND NOT {_ENDED}
+         RETURNING {_CANCELLED}""",
+        (timeout_seconds, order_id),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def approval_settled(conn: Conn, order_id: str) -> tuple[str, str | None]:
+    """The decision that stands (approved, rejected, or else timed_out), and the cancel
+    reason if a cancel was requested. Whoever wrote `decision` first won."""
+    row = conn.execute(
+        f"""UPDATE orders.orders o
+               SET decision = COALESCE(o.decision, 'timed_out'),
+                   decided_at = COALESCE(o.decided_at, now()), updated_at = now()
+             WHERE o.order_id = %s
+         RETURNING o.decision, {_CANCELLED}""",
+        (order_id,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0]), row[1]
+
+
+def saga_parked(conn: Conn, order_id: str, compensation: str) -> int:
+    """The saga waits in COMPENSATION_FAILED for an operator; how many times it has parked."""
+    row = conn.execute(
+        f"""UPDATE orders.orders o
+               SET state = 'COMPENSATION_FAILED', current_step = %s,
+                   parked_count = o.parked_count + 1, updated_at = now()
+             WHERE o.order_id = %s AND NOT {_ENDED}
+         RETURNING o.parked_count""",
+        (compensation, order_id),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def saga_failed(conn: Conn, order_id: str, reason: str) -> None:

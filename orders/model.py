@@ -23,6 +23,11 @@ COMPENSATION_OF = {  # compensation name -> the forward step it undoes
 }
 StepKind = Literal["forward", "compensation"]
 
+# The saga's inboxes (DBOS message topics). A message only wakes the saga; what was decided
+# is in its order row, where the first writer wins.
+APPROVAL_TOPIC = "approval"  # approve, reject, or cancel while AWAITING_APPROVAL
+RETRY_TOPIC = "retry-compensation"  # an operator's retry while COMPENSATION_FAILED
+
 
 class Item(TypedDict):
     sku: str

@@ -17,7 +17,7 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         saga = cur.execute(
             """SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
-                      created_at, updated_at
+                      created_at, updated_at, approval_deadline, decision, cancel_requested_at
                  FROM saga_status WHERE order_id = %s""",
             (order_id,),
         ).fetchone()
@@ -28,6 +28,8 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
                  WHERE order_id = %s ORDER BY seq""",
             (order_id,),
         ).fetchall()
+    deadline, decision = saga.pop("approval_deadline"), saga.pop("decision")
+    saga["approval"] = None if deadline is None else {"deadline": deadline, "decision": decision}
     forward = {row["name"]: row for row in rows if row["kind"] == "forward"}
     saga["steps"] = [_step(forward.get(name), name) for name in FORWARD_STEPS]
     saga["compensations"] = [_step(row, row["name"]) for row in rows if row["kind"] != "forward"]

@@ -27,8 +27,9 @@ def sqlalchemy_url(url: str) -> str:
     return f"postgresql+psycopg://{rest}"
 
 
-def open_pool(url: str, size: int) -> None:
-    """Open the process-wide pool. Connections are autocommit; code opens transactions."""
+def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
+    """Open the process-wide pool. Connections are autocommit; code opens transactions.
+    No statement may run longer than `statement_timeout_seconds` (a hung query is an error)."""
     global _pool
     if _pool is not None:
         raise RuntimeError("the database pool is already open")
@@ -39,14 +40,15 @@ def open_pool(url: str, size: int) -> None:
         kwargs={"autocommit": True},
         timeout=30,
         name="app",
-        configure=_in_utc,
+        configure=lambda conn: _configure(conn, statement_timeout_seconds),
         open=False,
     )
     _pool.open(wait=True, timeout=30)
 
 
-def _in_utc(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+def _configure(conn: psycopg.Connection[tuple[object, ...]], timeout_seconds: float) -> None:
     conn.execute("SET TIME ZONE 'UTC'")  # every time the API shows is UTC
+    conn.execute(f"SET statement_timeout = {int(timeout_seconds * 1000)}")
 
 
 def close_pool() -> None:

@@ -42,7 +42,7 @@ def start(settings: Settings) -> None:
     url = database.resolve_url(settings)
     _hold_executor_id(url, settings.executor_id, settings.executor_lock_wait_seconds)
     migrate(url)  # before launch: recovery runs steps that need our tables
-    database.open_pool(url, settings.db_pool_size)
+    database.open_pool(url, settings.db_pool_size, settings.step_timeout_seconds)
     if settings.seed_demo_catalog:
         with database.connection() as conn:
             if seed.seed_demo_catalog(conn):

@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
+    approval_threshold_cents: int = Field(default=100_000, ge=0)
+    approval_timeout_seconds: float = Field(default=86_400, gt=0)
     participant_latency_ms: int = Field(default=0, ge=0)
+    step_timeout_seconds: float = Field(default=10.0, gt=0)
     step_attempts: int = Field(default=5, ge=1)
     compensation_attempts: int = Field(default=10, ge=1)
     retry_backoff_seconds: float = Field(default=0.5, ge=0)

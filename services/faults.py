@@ -1,6 +1,6 @@
-"""Switches that make one downstream operation unreachable, for demos and chaos tests."""
+"""Switches that make one downstream operation unreachable or slow, for demos and chaos."""
 
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import psycopg
 
@@ -17,23 +17,29 @@ Operation = Literal[
 OPERATIONS: tuple[str, ...] = get_args(Operation)
 
 
-def is_down(conn: psycopg.Connection[Any], operation: str) -> bool:
+class Switch(NamedTuple):
+    down: bool
+    latency_ms: int
+
+
+def switch(conn: psycopg.Connection[Any], operation: str) -> Switch:
     row = conn.execute(
-        "SELECT down FROM faults.switches WHERE operation = %s", (operation,)
+        "SELECT down, latency_ms FROM faults.switches WHERE operation = %s", (operation,)
     ).fetchone()
-    return bool(row and row[0])
+    return Switch(bool(row[0]), int(row[1])) if row else Switch(False, 0)
 
 
-def set_down(conn: psycopg.Connection[Any], operation: str, down: bool) -> None:
+def set_switch(conn: psycopg.Connection[Any], operation: str, down: bool, latency_ms: int) -> None:
     conn.execute(
-        """INSERT INTO faults.switches (operation, down) VALUES (%s, %s)
-           ON CONFLICT (operation) DO UPDATE SET down = EXCLUDED.down, updated_at = now()""",
-        (operation, down),
+        """INSERT INTO faults.switches (operation, down, latency_ms) VALUES (%s, %s, %s)
+           ON CONFLICT (operation) DO UPDATE
+              SET down = EXCLUDED.down, latency_ms = EXCLUDED.latency_ms, updated_at = now()""",
+        (operation, down, latency_ms),
     )
 
 
-def switches(conn: psycopg.Connection[Any]) -> dict[str, bool]:
-    """Every operation with whether it is down now."""
-    rows = conn.execute("SELECT operation, down FROM faults.switches").fetchall()
-    down = {op: bool(is_down) for op, is_down in rows}
-    return {op: down.get(op, False) for op in OPERATIONS}
+def switches(conn: psycopg.Connection[Any]) -> dict[str, Switch]:
+    """Every operation with its switch."""
+    rows = conn.execute("SELECT operation, down, latency_ms FROM faults.switches").fetchall()
+    known = {op: Switch(bool(down), int(latency)) for op, down, latency in rows}
+    return {op: known.get(op, Switch(False, 0)) for op in OPERATIONS}

@@ -17,17 +17,34 @@ T = TypeVar("T")
 def call(operation: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
     """Run `action` as the named downstream operation.
 
-    Half of PARTICIPANT_LATENCY_MS passes before the service acts and half after, so a
-    process can die after the effect but before the caller hears of it (as over a network).
-    Raises ServiceUnavailable while the operation's fault switch is on.
+    Latency (PARTICIPANT_LATENCY_MS plus the operation's own `latency_ms` switch) passes half
+    before the service acts and half after, so a process can die after the effect but before
+    the caller hears of it, as over a network. Raises ServiceUnavailable while the operation
+    is switched down, and when no answer comes within STEP_TIMEOUT_SECONDS, which may be
+    before or after the service acted (the caller cannot tell, as with a real timeout).
     """
-    half_trip = get_settings().participant_latency_ms / 2000
-    if half_trip:
-        time.sleep(half_trip)
+    settings = get_settings()
+    deadline = time.monotonic() + settings.step_timeout_seconds
     with database.connection() as conn:
-        if faults.is_down(conn, operation):
+        switch = faults.switch(conn, operation)
+        if switch.down:
             raise ServiceUnavailable(f"{operation}: service unreachable (fault switch is on)")
+        half_trip = (settings.participant_latency_ms + switch.latency_ms) / 2000
+        if not half_trip:
+            return action(conn)
+    _travel(half_trip, deadline, operation)
+    with database.connection() as conn:
         result = action(conn)
-    if half_trip:
-        time.sleep(half_trip)
+    _travel(half_trip, deadline, operation)
     return result
+
+
+def _travel(seconds: float, deadline: float, operation: str) -> None:
+    left = deadline - time.monotonic()
+    if seconds <= left:
+        time.sleep(seconds)
+        return
+    time.sleep(max(left, 0))
+    raise ServiceUnavailable(
+        f"{operation}: no answer within STEP_TIMEOUT_SECONDS={get_settings().step_timeout_seconds}"
+    )

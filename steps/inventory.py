@@ -8,7 +8,7 @@ from services.outcomes import Outcome
 from steps import runner
 
 
-@DBOS.step(name="reserve_inventory", **runner.forward_policy())
+@DBOS.step(name="reserve_inventory", **runner.retry_policy())
 def reserve_inventory(order: Order) -> Outcome:
     """Reserve every item (all or nothing); the outcome carries `total_cents`."""
     key = idempotency_key(order["order_id"], "reserve_inventory")
@@ -21,7 +21,7 @@ def reserve_inventory(order: Order) -> Outcome:
     )
 
 
-@DBOS.step(name="release_reservation", **runner.compensation_policy())
+@DBOS.step(name="release_reservation")
 def release_reservation(order: Order, reason: str) -> Outcome:
     """Give back whatever the order holds (a no-op if nothing is held)."""
     key = idempotency_key(order["order_id"], "reserve_inventory")

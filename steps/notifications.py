@@ -8,7 +8,7 @@ from services.outcomes import Outcome
 from steps import runner
 
 
-@DBOS.step(name="send_confirmation", **runner.forward_policy())
+@DBOS.step(name="send_confirmation", **runner.retry_policy())
 def send_confirmation(order: Order) -> Outcome:
     """E-mail the customer that the order is on its way."""
     key = idempotency_key(order["order_id"], "send_confirmation")
@@ -22,7 +22,7 @@ def send_confirmation(order: Order) -> Outcome:
     )
 
 
-@DBOS.step(name="send_cancellation_notice", **runner.compensation_policy())
+@DBOS.step(name="send_cancellation_notice")
 def send_cancellation_notice(order: Order, reason: str) -> Outcome:
     """E-mail the customer that the order is cancelled, if they had been confirmed."""
     key = idempotency_key(order["order_id"], "send_cancellation_notice")

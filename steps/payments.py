@@ -8,7 +8,7 @@ from services.outcomes import Outcome
 from steps import runner
 
 
-@DBOS.step(name="process_payment", **runner.forward_policy())
+@DBOS.step(name="process_payment", **runner.retry_policy())
 def process_payment(order: Order, amount_cents: int) -> Outcome:
     """Capture `amount_cents` with the order's payment method."""
     key = idempotency_key(order["order_id"], "process_payment")
@@ -22,7 +22,7 @@ def process_payment(order: Order, amount_cents: int) -> Outcome:
     )
 
 
-@DBOS.step(name="refund_payment", **runner.compensation_policy())
+@DBOS.step(name="refund_payment")
 def refund_payment(order: Order, reason: str) -> Outcome:
     """Refund the order's payment (a no-op if none was captured)."""
     key = idempotency_key(order["order_id"], "process_payment")

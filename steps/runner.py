@@ -12,7 +12,7 @@ from orders.model import StepKind
 from runtime import database
 from runtime.settings import get_settings
 from services import transport
-from services.outcomes import Outcome, ServiceUnavailable
+from services.outcomes import Outcome, ServiceUnavailable, is_refused
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,18 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
-def forward_policy() -> dict[str, Any]:
-    """DBOS retry options for forward steps (STEP_ATTEMPTS, RETRY_BACKOFF_SECONDS)."""
+def retry_policy() -> dict[str, Any]:
+    """DBOS retry options for forward steps and bookkeeping: transient errors are tried
+    STEP_ATTEMPTS times, waiting RETRY_BACKOFF_SECONDS, doubled each time, in between.
+
+    Compensations have none: the workflow retries them itself, with durable waits, and
+    parks the saga when they run out (workflows/order_fulfillment.py).
+    """
     settings = get_settings()
-    return _policy(settings.step_attempts, settings.retry_backoff_seconds)
-
-
-def compensation_policy() -> dict[str, Any]:
-    """DBOS retry options for compensations (COMPENSATION_ATTEMPTS, RETRY_BACKOFF_SECONDS)."""
-    settings = get_settings()
-    return _policy(settings.compensation_attempts, settings.retry_backoff_seconds)
-
-
-def _policy(attempts: int, backoff_seconds: float) -> dict[str, Any]:
     return {
         "retries_allowed": True,
-        "max_attempts": attempts,
-        "interval_seconds": backoff_seconds,
+        "max_attempts": settings.step_attempts,
+        "interval_seconds": settings.retry_backoff_seconds,
         "backoff_rate": 2.0,
         "should_retry": is_transient,
     }
@@ -57,22 +52,36 @@ def run(
 ) -> Outcome:
     """Call downstream operation `name` for the order, journaling the attempt around it.
 
-    Returns the service's outcome (done or refused). Transient errors propagate for DBOS
-    to retry; anything else, the journal's writes included, becomes StepFailed (not retried),
+    Returns the service's outcome (done or refused). A forward step also reports a cancel
+    request: `{"outcome": "cancelled"}` if it came before the call (this attempt did
+    nothing, though an earlier one, cut short by a crash, may have), or `"cancel_requested"`
+    added to the outcome if it came during the call.
+
+    A forward step's transient errors propagate for DBOS to retry. Anything else, the
+    journal's own writes included, and every error of a compensation, becomes StepFailed,
     so the workflow sees the same class of error on its first run as on a replay.
     """
     try:
         with database.connection() as conn:
-            journal.step_started(conn, order_id, kind, name, reason)
+            cancel, began_before = journal.step_started(conn, order_id, kind, name, reason)
+        if cancel is not None and kind == "forward":
+            return cancelled(cancel, may_have_acted=began_before)
         outcome = transport.call(name, action)
         with database.connection() as conn:
-            journal.step_finished(conn, order_id, kind, name, outcome)
+            cancel = journal.step_finished(conn, order_id, kind, name, outcome)
     except Exception as error:
         _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
-        if is_transient(error):
+        if kind == "forward" and is_transient(error):
             raise
         raise StepFailed(f"{name}: {type(error).__name__}: {error}") from error
+    if cancel is not None and kind == "forward" and not is_refused(outcome):
+        return {**outcome, "cancel_requested": cancel}
     return outcome
+
+
+def cancelled(reason: str, *, may_have_acted: bool) -> Outcome:
+    """A forward step's answer when the saga was cancelled before this attempt acted."""
+    return {"outcome": "cancelled", "reason": reason, "may_have_acted": may_have_acted}
 
 
 def _journal_failure(order_id: str, kind: StepKind, name: str, error: str) -> None:

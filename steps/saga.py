@@ -1,4 +1,6 @@
-"""The saga's own bookkeeping step."""
+"""The saga's own bookkeeping steps: no downstream call, one journal write each."""
+
+from typing import TypedDict
 
 from dbos import DBOS
 
@@ -7,7 +9,36 @@ from runtime import database
 from steps import runner
 
 
-@DBOS.step(name="record_failure", **runner.compensation_policy())
+class Settlement(TypedDict):
+    decision: str  # approved, rejected or timed_out
+    cancel: str | None  # the cancel reason, if a cancel was requested
+
+
+@DBOS.step(name="open_approval", **runner.retry_policy())
+def open_approval(order_id: str, timeout_seconds: float) -> str | None:
+    """Put the saga in AWAITING_APPROVAL with its deadline; the cancel reason if a cancel
+    came first (then it does not wait)."""
+    with database.connection() as conn:
+        cancel: str | None = journal.approval_opened(conn, order_id, timeout_seconds)
+    return cancel
+
+
+@DBOS.step(name="settle_approval", **runner.retry_policy())
+def settle_approval(order_id: str) -> Settlement:
+    """The decision that stands once the wait is over (timed_out if nobody decided)."""
+    with database.connection() as conn:
+        decision, cancel = journal.approval_settled(conn, order_id)
+    return {"decision": decision, "cancel": cancel}
+
+
+@DBOS.step(name="park_saga", **runner.retry_policy())
+def park_saga(order_id: str, compensation: str) -> int:
+    """COMPENSATION_FAILED: `compensation` ran out of tries; wait for an operator."""
+    with database.connection() as conn:
+        return journal.saga_parked(conn, order_id, compensation)
+
+
+@DBOS.step(name="record_failure", **runner.retry_policy())
 def record_failure(order_id: str, reason: str) -> None:
     """Mark the saga FAILED once everything it did has been undone."""
     with database.connection() as conn:

@@ -8,7 +8,7 @@ from services.outcomes import Outcome
 from steps import runner
 
 
-@DBOS.step(name="create_shipment", **runner.forward_policy())
+@DBOS.step(name="create_shipment", **runner.retry_policy())
 def create_shipment(order: Order) -> Outcome:
     """Book a shipment to the order's address."""
     key = idempotency_key(order["order_id"], "create_shipment")
@@ -21,7 +21,7 @@ def create_shipment(order: Order) -> Outcome:
     )
 
 
-@DBOS.step(name="cancel_shipment", **runner.compensation_policy())
+@DBOS.step(name="cancel_shipment")
 def cancel_shipment(order: Order, reason: str) -> Outcome:
     """Cancel the order's shipment (a no-op if none was booked)."""
     key = idempotency_key(order["order_id"], "create_shipment")

@@ -12,20 +12,12 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import postgres
+from tests.support import knobs, postgres
 from tests.support.orders import new_id
 
-# Fast, deterministic knobs for the in-process app (recovery tests pass their own).
-os.environ.update(
-    {
-        "PARTICIPANT_LATENCY_MS": "0",
-        "RETRY_BACKOFF_SECONDS": "0.02",
-        "STEP_ATTEMPTS": "4",
-        "COMPENSATION_ATTEMPTS": "4",
-        "SEED_DEMO_CATALOG": "false",
-        "LOG_LEVEL": "WARNING",
-    }
-)
+EXIT_STATUS = pytest.StashKey[int]()
+
+os.environ.update(knobs.IN_PROCESS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,9 +25,17 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["DATABASE_URL"] = postgres.create_database()
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    from runtime.exit import exit_if_sagas_wait
+
     postgres.drop_database(os.environ["DATABASE_URL"])
     postgres.stop()
+    # Sagas left waiting (approval, parked) sit in DBOS threads that would hold the exit.
+    exit_if_sagas_wait(config.stash.get(EXIT_STATUS, 0))
 
 
 @pytest.fixture(scope="session")

@@ -6,16 +6,28 @@ from typing import Any, TypedDict
 from dbos import DBOS, PortableWorkflowError, SetWorkflowID
 from dbos import error as dbos_errors
 
-from orders.model import Order
+from orders.model import APPROVAL_TOPIC, RETRY_TOPIC, Order
+from runtime.settings import get_settings
 from services.outcomes import Outcome, is_refused
 from steps.inventory import release_reservation, reserve_inventory
 from steps.notifications import send_cancellation_notice, send_confirmation
 from steps.payments import process_payment, refund_payment
 from steps.runner import StepFailed
-from steps.saga import record_failure
+from steps.saga import open_approval, park_saga, record_failure, settle_approval
 from steps.shipping import cancel_shipment, create_shipment
 
 Compensation = Callable[[Order, str], Outcome]
+PARKED_RECHECK_SECONDS = 86_400.0  # a parked saga waits for a retry request in turns this long
+
+
+class Policy(TypedDict):
+    """The knobs a saga keeps from its start (part of its recorded input), so a changed
+    environment cannot make a replay take another path."""
+
+    approval_threshold_cents: int
+    approval_timeout_seconds: float
+    compensation_attempts: int
+    retry_backoff_seconds: float
 
 
 class SagaResult(TypedDict):
@@ -27,12 +39,17 @@ class Refused(Exception):
     """A step's service refused for a business reason (declined card, no stock, ...)."""
 
 
+class Stopped(Exception):
+    """Someone or something stopped the saga: a cancel, a rejection, an approval timeout."""
+
+
 # What makes the saga compensate. A step's recorded error replays as PortableWorkflowError
 # named after its original class (DESIGN.md), so those are told apart by name. Anything else
 # (DBOS itself failing, shutdown) propagates: the workflow stays PENDING and is recovered,
 # and nothing is undone by mistake.
 SAGA_FAILURES = (
     Refused,
+    Stopped,
     StepFailed,
     dbos_errors.DBOSMaxStepRetriesExceeded,
     PortableWorkflowError,
@@ -40,33 +57,14 @@ SAGA_FAILURES = (
 STEP_FAILURES_BY_NAME = frozenset({"StepFailed", "DBOSMaxStepRetriesExceeded"})
 
 
-class Compensations:
-    """What undoes each step the saga has attempted so far, to be run in reverse."""
-
-    def __init__(self, order: Order) -> None:
-        self._order = order
-        self._undo: list[Compensation] = []
-
-    def attempt(self, step: Callable[..., Outcome], undo: Compensation, *args: Any) -> Outcome:
-        """Run a forward step; its outcome if done, Refused if its service said no."""
-        self._undo.append(undo)  # before the call: a call that raised may still have acted
-        outcome = step(self._order, *args)
-        if is_refused(outcome):
-            self._undo.pop()  # a refusal changed nothing, so there is nothing to undo
-            raise Refused(f"{step.__name__} refused: {outcome['reason']}")
-        return outcome
-
-    def run_in_reverse(self, reason: str) -> None:
-        for undo in reversed(self._undo):
-            undo(self._order, reason)
-
-
 @DBOS.workflow(name="order_fulfillment")
-def order_fulfillment(order: Order) -> SagaResult:
+def order_fulfillment(order: Order, policy: Policy) -> SagaResult:
     """Fulfil the order, or leave no trace of it: COMPLETED, or FAILED with all undone."""
-    saga = Compensations(order)
+    saga = Compensations(order, policy)
     try:
         reservation = saga.attempt(reserve_inventory, release_reservation)
+        if reservation["total_cents"] >= policy["approval_threshold_cents"]:
+            wait_for_approval(order["order_id"], policy["approval_timeout_seconds"])
         saga.attempt(process_payment, refund_payment, reservation["total_cents"])
         saga.attempt(create_shipment, cancel_shipment)
         saga.attempt(send_confirmation, send_cancellation_notice)
@@ -74,13 +72,96 @@ def order_fulfillment(order: Order) -> SagaResult:
         if isinstance(failure, PortableWorkflowError) and failure.name not in STEP_FAILURES_BY_NAME:
             raise
         reason = str(failure)
-        saga.run_in_reverse(reason)
+        saga.undo_in_reverse(reason)
         record_failure(order["order_id"], reason)
         return {"state": "FAILED", "error": reason}
     return {"state": "COMPLETED", "error": None}
 
 
+def wait_for_approval(order_id: str, timeout_seconds: float) -> None:
+    """Wait in AWAITING_APPROVAL until approved; Stopped on reject, timeout or cancel.
+    The deadline is durable: a restart keeps it."""
+    cancel = open_approval(order_id, timeout_seconds)
+    if cancel is None:
+        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=timeout_seconds)  # a wake-up, or the deadline
+        settled = settle_approval(order_id)
+        cancel = settled["cancel"]
+        if cancel is None and settled["decision"] == "rejected":
+            raise Stopped("rejected by the approver")
+        if cancel is None and settled["decision"] == "timed_out":
+            raise Stopped(f"not approved within {timeout_seconds:g} s")
+    if cancel is not None:
+        raise Stopped(cancel)
+
+
+class Compensations:
+    """What undoes each step the saga has attempted so far, to be run in reverse."""
+
+    def __init__(self, order: Order, policy: Policy) -> None:
+        self._order = order
+        self._policy = policy
+        self._undo: list[Compensation] = []
+
+    def attempt(self, step: Callable[..., Outcome], undo: Compensation, *args: Any) -> Outcome:
+        """Run a forward step; its outcome if done. Refused if its service said no,
+        Stopped if the saga was cancelled before or while it ran."""
+        self._undo.append(undo)  # before the call: a call that raised may still have acted
+        outcome = step(self._order, *args)
+        if is_refused(outcome):
+            self._undo.pop()  # a refusal is the key's final answer: nothing was done
+            raise Refused(f"{step.__name__} refused: {outcome['reason']}")
+        if outcome["outcome"] == "cancelled":
+            if not outcome["may_have_acted"]:
+                self._undo.pop()  # the step never began, so there is nothing to undo
+            raise Stopped(outcome["reason"])
+        if "cancel_requested" in outcome:
+            raise Stopped(outcome["cancel_requested"])
+        return outcome
+
+    def undo_in_reverse(self, reason: str) -> None:
+        """Run every undo, newest first. One that keeps failing parks the saga until an
+        operator asks for a retry; none is skipped, none is forgotten."""
+        for undo in reversed(self._undo):
+            while not self._try(undo, reason):
+                park_saga(self._order["order_id"], undo.__name__)
+                while DBOS.recv(RETRY_TOPIC, timeout_seconds=PARKED_RECHECK_SECONDS) is None:
+                    pass
+
+    def _try(self, undo: Compensation, reason: str) -> bool:
+        """COMPENSATION_ATTEMPTS tries with durable, doubling waits in between."""
+        attempts, backoff = (
+            self._policy["compensation_attempts"],
+            self._policy["retry_backoff_seconds"],
+        )
+        for attempt in range(attempts):
+            try:
+                undo(self._order, reason)
+                return True
+            except (StepFailed, PortableWorkflowError) as error:
+                if isinstance(error, PortableWorkflowError) and error.name != "StepFailed":
+                    raise
+                if attempt + 1 < attempts:
+                    DBOS.sleep(backoff * 2**attempt)
+        return False
+
+
+def policy_now() -> Policy:
+    """The policy a saga started now gets, from the settings."""
+    settings = get_settings()
+    return {
+        "approval_threshold_cents": settings.approval_threshold_cents,
+        "approval_timeout_seconds": settings.approval_timeout_seconds,
+        "compensation_attempts": settings.compensation_attempts,
+        "retry_backoff_seconds": settings.retry_backoff_seconds,
+    }
+
+
 def start(saga_id: str, order: Order) -> None:
     """Start the order's saga in the background; a saga that already exists is left alone."""
     with SetWorkflowID(saga_id):
-        DBOS.start_workflow(order_fulfillment, order)
+        DBOS.start_workflow(order_fulfillment, order, policy_now())
+
+
+def wake(saga_id: str, topic: str, idempotency_key: str) -> None:
+    """Send the saga a wake-up on `topic`; the same key sends it once."""
+    DBOS.send(saga_id, {"wake": topic}, topic, idempotency_key=idempotency_key)

@@ -185,13 +185,13 @@ def test_a_bouncing_address_is_refused(conn: Conn) -> None:
 def test_an_operation_switched_down_is_unreachable_until_repaired(conn: Conn) -> None:
     from services import faults
 
-    faults.set_down(conn, "cancel_shipment", True)
+    faults.set_switch(conn, "cancel_shipment", True, 0)
     try:
         with pytest.raises(ServiceUnavailable, match="fault switch is on"):
             transport.call("cancel_shipment", lambda c: shipping.cancel_shipment(c, "k", "o"))
         assert transport.call("create_shipment", lambda c: {"reached": True}) == {"reached": True}
     finally:
-        faults.set_down(conn, "cancel_shipment", False)
+        faults.set_switch(conn, "cancel_shipment", False, 0)
     assert transport.call("cancel_shipment", lambda c: {"reached": True}) == {"reached": True}
 
 

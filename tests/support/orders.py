@@ -111,3 +111,39 @@ def assert_effects_match(conn: psycopg.Connection[Any], view: dict[str, Any]) ->
             assert fx["notifications"] == ["confirmation", "cancellation"], f"{order_id}: {fx}"
     else:
         raise AssertionError(f"{order_id} is not finished: {state}")
+
+
+def wait_for_state(
+    api: Any, order_id: str, states: set[str] | str, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll GET /orders/{id} until the saga is in one of `states`; its view."""
+    import time
+
+    wanted = {states} if isinstance(states, str) else states
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = api.get(f"/orders/{order_id}").json()
+        if view.get("state") in wanted:
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{order_id} never reached {wanted}: {view}")
+        time.sleep(0.01)
+
+
+def wait_for_step(
+    api: Any, order_id: str, name: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll until step or compensation `name` has `status`; the saga's view."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        view: dict[str, Any] = api.get(f"/orders/{order_id}").json()
+        if any(
+            s["name"] == name and s["status"] == status
+            for s in view["steps"] + view["compensations"]
+        ):
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{order_id}: {name} never {status}: {view}")
+        time.sleep(0.01)

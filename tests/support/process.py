@@ -10,13 +10,20 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import knobs
 from tests.support.live import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def inherited() -> dict[str, str]:
+    """This process's environment without the knobs the suite set for the in-process app."""
+    return {k: v for k, v in os.environ.items() if k not in knobs.IN_PROCESS}
+
+
 class ServiceProcess:
-    def __init__(self, database_url: str, **env: str) -> None:
+    def __init__(self, database_url: str, root: Path = ROOT, **env: str) -> None:
+        self.root = root
         self.database_url = database_url
         self.env = env
         self.port = free_port()
@@ -28,7 +35,7 @@ class ServiceProcess:
         """Start it (env overrides those given at construction) and wait until healthy."""
         assert self._proc is None, "already running"
         environment = {
-            **os.environ,
+            **inherited(),
             **self.env,
             **env,
             "DATABASE_URL": self.database_url,
@@ -37,7 +44,11 @@ class ServiceProcess:
         }
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "api"], cwd=ROOT, env=environment, stdout=log, stderr=log
+                [sys.executable, "-m", "api"],
+                cwd=self.root,
+                env=environment,
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + timeout
         while True:
@@ -55,11 +66,15 @@ class ServiceProcess:
     def start_expecting_failure(self, timeout: float = 60, **env: str) -> int:
         """Start it when it must not come up; its exit code."""
         assert self._proc is None, "already running"
-        environment = {**os.environ, **self.env, **env, "DATABASE_URL": self.database_url}
+        environment = {**inherited(), **self.env, **env, "DATABASE_URL": self.database_url}
         environment |= {"PORT": str(self.port), "HOST": "127.0.0.1"}
         with self.log.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "api"], cwd=ROOT, env=environment, stdout=log, stderr=log
+                [sys.executable, "-m", "api"],
+                cwd=self.root,
+                env=environment,
+                stdout=log,
+                stderr=log,
             )
         try:
             return proc.wait(timeout=timeout)

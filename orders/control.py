@@ -1,0 +1,103 @@
+"""What a person can ask of a running saga: approve, reject, cancel, retry compensation.
+
+Each request is settled here, atomically, in the order's row; the caller then wakes the
+saga (a DBOS message with an idempotency key, so asking twice wakes it once).
+"""
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from orders.errors import NotAllowedNow, OrderNotFound
+from orders.model import APPROVAL_TOPIC, RETRY_TOPIC
+
+Conn = psycopg.Connection[Any]
+Decision = Literal["approved", "rejected"]
+
+
+@dataclass(frozen=True)
+class Wake:
+    """A message to send the saga so it notices the request now."""
+
+    saga_id: str
+    topic: str
+    idempotency_key: str
+
+
+def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
+    """Record the approver's decision; allowed only while AWAITING_APPROVAL with no other
+    decision (the same decision again is accepted: the first request may not have woken it)."""
+    row = conn.execute(
+        """UPDATE orders.orders
+              SET decision = %(decision)s, decided_at = COALESCE(decided_at, now()),
+                  updated_at = now()
+            WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
+              AND COALESCE(decision, %(decision)s) = %(decision)s
+              AND cancel_requested_at IS NULL
+        RETURNING saga_id""",
+        {"order_id": order_id, "decision": decision},
+    ).fetchone()
+    if row is None:
+        state, decided, cancelled = _state(conn, order_id)
+        if cancelled:
+            raise NotAllowedNow(f"order {order_id!r} was cancelled; it cannot be {decision}")
+        if decided == "timed_out":
+            raise NotAllowedNow(f"the approval of order {order_id!r} timed out; it is {state}")
+        if decided:
+            raise NotAllowedNow(f"order {order_id!r} was already {decided}; it is {state}")
+        raise NotAllowedNow(
+            f"order {order_id!r} is {state}; only an order AWAITING_APPROVAL can be {decision}"
+        )
+    return Wake(row[0], APPROVAL_TOPIC, f"{row[0]}:decision")
+
+
+def cancel(conn: Conn, order_id: str, reason: str | None) -> Wake | None:
+    """Ask the saga to stop and undo what it did; refused once it has ended.
+
+    Returns the message to wake it if it is waiting for approval (elsewhere it notices the
+    request at its next step). Asking again changes nothing.
+    """
+    text = "cancelled by request" + (f": {reason}" if reason else "")
+    row = conn.execute(
+        """UPDATE orders.orders
+              SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                  cancel_reason = COALESCE(cancel_reason, %s), updated_at = now()
+            WHERE order_id = %s AND state NOT IN ('COMPLETED', 'FAILED')
+        RETURNING saga_id, state""",
+        (text, order_id),
+    ).fetchone()
+    if row is None:
+        state, _, _ = _state(conn, order_id)
+        raise NotAllowedNow(f"order {order_id!r} is {state}; it can no longer be cancelled")
+    saga_id, state = row
+    return (
+        Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:cancel") if state == "AWAITING_APPROVAL" else None
+    )
+
+
+def retry_compensation(conn: Conn, order_id: str) -> Wake:
+    """Ask a parked saga to try its remaining compensations again."""
+    state, _, _ = _state(conn, order_id)
+    row = conn.execute(
+        """SELECT saga_id, parked_count FROM orders.orders
+            WHERE order_id = %s AND state = 'COMPENSATION_FAILED'""",
+        (order_id,),
+    ).fetchone()
+    if row is None:
+        raise NotAllowedNow(
+            f"order {order_id!r} is {state}; only an order in COMPENSATION_FAILED can be retried"
+        )
+    saga_id, parked = row
+    return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")
+
+
+def _state(conn: Conn, order_id: str) -> tuple[str, str | None, bool]:
+    row = conn.execute(
+        """SELECT state, decision, cancel_requested_at IS NOT NULL
+             FROM orders.orders WHERE order_id = %s""",
+        (order_id,),
+    ).fetchone()
+    if row is None:
+        raise OrderNotFound(order_id)
+    return str(row[0]), row[1], bool(row[2])

@@ -1,0 +1,121 @@
+"""Waits that survive a SIGKILL: the approval deadline, a parked saga, and the durable
+waits between tries of a failing compensation."""
+
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.recovery.conftest import wait_for_end, wait_until
+from tests.support.orders import assert_nothing_lost, order_body
+from tests.support.process import ServiceProcess
+
+AQ = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "AQ"}
+
+
+def place(service: ServiceProcess, price_cents: int, **fields: Any) -> dict[str, Any]:
+    with httpx.Client(base_url=service.url) as client:
+        client.put("/inventory/WIDGET", json={"available": 5, "price_cents": price_cents})
+        body = order_body({"WIDGET": 2}, **fields)
+        assert client.post("/orders", json=body).status_code == 202
+    return body
+
+
+def saga_row(sql: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
+    cur = sql.execute("SELECT * FROM saga_status WHERE order_id = %s", (order_id,))
+    names = [c.name for c in cur.description or []]
+    row = cur.fetchone()
+    assert row is not None
+    return dict(zip(names, row, strict=True))
+
+
+def test_a_restart_during_the_approval_wait_keeps_the_original_deadline(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    service.start(APPROVAL_TIMEOUT_SECONDS="6")
+    body = place(service, price_cents=60_000)
+    awaiting = "SELECT approval_deadline FROM orders.orders WHERE order_id = %s AND state = %s"
+    args = (body["order_id"], "AWAITING_APPROVAL")
+    wait_until(lambda: sql.execute(awaiting, args).fetchone() is not None, "awaiting approval")
+    deadline: datetime = sql.execute(awaiting, args).fetchone()[0]  # type: ignore[index]
+
+    service.kill()
+    time.sleep(3)  # a fresh 6 s wait after this restart would end 3 s after the deadline
+    service.start(APPROVAL_TIMEOUT_SECONDS="6")
+    view = wait_for_end(service.url, body["order_id"])
+
+    assert view["state"] == "FAILED"
+    assert view["error"] == "not approved within 6 s"
+    assert [c["name"] for c in view["compensations"]] == ["release_reservation"]
+    ended = datetime.fromisoformat(view["updated_at"])
+    assert deadline <= ended < deadline + timedelta(seconds=2), (deadline, ended)
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
+
+
+def test_an_approval_after_a_restart_reaches_the_waiting_saga(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    service.start()
+    body = place(service, price_cents=60_000)
+    wait_until(lambda: saga_row(sql, body["order_id"])["state"] == "AWAITING_APPROVAL", "awaiting")
+
+    service.kill()
+    service.start()
+    approved = httpx.post(f"{service.url}/orders/{body['order_id']}/approve")
+    view = wait_for_end(service.url, body["order_id"])
+
+    assert approved.status_code == 202
+    assert view["state"] == "COMPLETED"
+    assert view["approval"]["decision"] == "approved"
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
+
+
+def test_a_saga_parked_across_a_kill_is_still_parked_and_still_retryable(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    service.start(COMPENSATION_ATTEMPTS="2")
+    httpx.put(f"{service.url}/faults/refund_payment", json={"down": True}).raise_for_status()
+    body = place(service, price_cents=1000, shipping_address=AQ)
+    parked = lambda: saga_row(sql, body["order_id"])["state"] == "COMPENSATION_FAILED"  # noqa: E731
+    wait_until(parked, "parked")
+
+    service.kill()
+    service.start(COMPENSATION_ATTEMPTS="2")
+    time.sleep(1)  # give a wrongly resumed saga the time to move on
+
+    row = saga_row(sql, body["order_id"])
+    assert (row["state"], row["dbos_status"], row["current_step"]) == (
+        "COMPENSATION_FAILED",
+        "PENDING",
+        "refund_payment",
+    )
+    assert row["step_attempts"] == 2
+    httpx.put(f"{service.url}/faults/refund_payment", json={"down": False}).raise_for_status()
+    retried = httpx.post(f"{service.url}/orders/{body['order_id']}/retry-compensation")
+    view = wait_for_end(service.url, body["order_id"])
+    assert retried.status_code == 202
+    assert view["state"] == "FAILED"
+    assert [c["name"] for c in view["compensations"]] == ["refund_payment", "release_reservation"]
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
+
+
+def test_a_restart_between_tries_of_a_failing_compensation_goes_on_counting(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    settings = {"COMPENSATION_ATTEMPTS": "3", "RETRY_BACKOFF_SECONDS": "2"}
+    service.start(**settings)
+    httpx.put(f"{service.url}/faults/refund_payment", json={"down": True}).raise_for_status()
+    body = place(service, price_cents=1000, shipping_address=AQ)
+    first_try_failed = "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = %s AND status = 'failed' AND attempts = 1"  # noqa: E501
+    args = (body["order_id"], "refund_payment")
+    wait_until(lambda: sql.execute(first_try_failed, args).fetchone() is not None, "a failed try")
+
+    service.kill()  # during the durable 2 s wait before the second try
+    service.start(**settings)
+    wait_until(lambda: saga_row(sql, body["order_id"])["state"] == "COMPENSATION_FAILED", "parked")
+
+    row = saga_row(sql, body["order_id"])
+    assert row["current_step"] == "refund_payment"
+    assert row["step_attempts"] == 3  # three tries in all, not three after the restart
