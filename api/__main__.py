@@ -23,6 +23,7 @@ def main() -> int:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((settings.host, settings.port))
+        listener.listen(2048)  # until it listens, another process could bind the port too
     except OSError as error:
         print(f"cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api import errors, orders, services
@@ -21,15 +22,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Off the event loop: it blocks, and DBOS refuses some calls on a loop's thread.
         try:
-            lifecycle.start(settings)
+            await run_in_threadpool(lifecycle.start, settings)
         except BaseException:
             lifecycle.stop()  # give back what was taken: the executor id, the embedded server
             raise
         try:
             yield
         finally:
-            lifecycle.stop()
+            await run_in_threadpool(lifecycle.stop)
 
     app = FastAPI(title="Order saga", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)

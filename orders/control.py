@@ -34,7 +34,7 @@ def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
                   updated_at = now()
             WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
               AND COALESCE(decision, %(decision)s) = %(decision)s
-              AND cancel_requested_at IS NULL
+              AND cancel_requested_at IS NULL AND approval_deadline > now()
         RETURNING saga_id""",
         {"order_id": order_id, "decision": decision},
     ).fetchone()
@@ -42,7 +42,7 @@ def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
         state, decided, cancelled = _state(conn, order_id)
         if cancelled:
             raise NotAllowedNow(f"order {order_id!r} was cancelled; it cannot be {decision}")
-        if decided == "timed_out":
+        if decided == "timed_out" or (decided is None and state == "AWAITING_APPROVAL"):
             raise NotAllowedNow(f"the approval of order {order_id!r} timed out; it is {state}")
         if decided:
             raise NotAllowedNow(f"order {order_id!r} was already {decided}; it is {state}")
@@ -90,6 +90,20 @@ def retry_compensation(conn: Conn, order_id: str) -> Wake:
         )
     saga_id, parked = row
     return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")
+
+
+def unsent_wakes(conn: Conn) -> list[Wake]:
+    """Wake-ups for requests settled in a row whose saga may not have heard of them (the
+    process died between the two). Sending them again is harmless: they have their keys."""
+    rows = conn.execute(
+        """SELECT saga_id, decision IS NOT NULL FROM orders.orders
+            WHERE state = 'AWAITING_APPROVAL'
+              AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)"""
+    ).fetchall()
+    return [
+        Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:{'decision' if decided else 'cancel'}")
+        for saga_id, decided in rows
+    ]
 
 
 def _state(conn: Conn, order_id: str) -> tuple[str, str | None, bool]:

@@ -5,11 +5,13 @@ keeps the saga near DBOS's floor, and makes the state plain to read in psql.
 
 Every statement that moves the saga updates its order row first and reads the cancel request
 from that same (locked) row, so a cancel and a step can never both think they came first.
-Nothing here ever takes a finished (COMPLETED or FAILED) saga back: a step re-run after the
-end (a crash before its checkpoint, an operator's fork) only touches its own journal row.
+Nothing here takes a finished saga back: a step re-run after the end (a crash before its
+checkpoint, an operator's fork) only touches its own journal row, and a COMPLETED saga can
+never become anything else. (One exception, for operators' forks of a FAILED saga: if a
+compensation re-run there gets stuck, the saga parks, so that it can be retried.)
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -23,30 +25,42 @@ _CANCEL_REASON = "COALESCE(o.cancel_reason, 'cancelled by request')"
 _CANCELLED = f"CASE WHEN o.cancel_requested_at IS NOT NULL THEN {_CANCEL_REASON} END"
 _ENDED = "o.state IN ('COMPLETED', 'FAILED')"
 _HALTED = "(%(kind)s = 'forward' AND o.cancel_requested_at IS NOT NULL)"
+_DONE = "(%(kind)s = 'forward' AND EXISTS (SELECT 1 FROM prior WHERE status = 'completed'))"
 
 
-def step_started(
-    conn: Conn, order_id: str, kind: StepKind, name: str, reason: str | None
-) -> tuple[str | None, bool]:
+class Start(NamedTuple):
+    """What a step learns as it starts."""
+
+    cancel: str | None  # the cancel reason, if a cancel was requested
+    began_before: bool  # an earlier attempt began: it may have acted, before a crash
+    completed: Any  # a forward step already completed: its recorded outcome (else None)
+
+
+def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: str | None) -> Start:
     """Record an attempt of a step as executing, and the saga as being at that step.
 
-    Returns the cancel reason if a cancel was requested (else None), and whether an earlier
-    attempt of this step began (then it may have acted, before a crash). A cancelled forward
-    step must not act, and this attempt is not recorded. A compensation marks the step it
-    undoes as compensating and keeps `reason` as the saga's error.
+    A cancelled forward step must not act, and this attempt is not recorded. Neither is an
+    attempt of a forward step that already completed (a crash came before DBOS checkpointed
+    it): its recorded outcome stands, the service is not called again, and a saga it
+    completed stays COMPLETED. A compensation marks the step it undoes as compensating and
+    keeps `reason` as the saga's error.
     """
     row = conn.execute(
-        f"""WITH saga AS (
+        f"""WITH prior AS (  -- this step's row as it was before this statement
+               SELECT status, output FROM orders.saga_steps
+                WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s),
+           saga AS (
                UPDATE orders.orders o
-                  SET state = CASE WHEN {_ENDED} OR {_HALTED} THEN o.state ELSE %(state)s END,
-                      current_step = CASE WHEN {_ENDED} OR {_HALTED} THEN o.current_step
-                                          ELSE %(name)s END,
+                  SET state = CASE WHEN {_ENDED} OR {_HALTED} OR {_DONE} THEN o.state
+                                   ELSE %(state)s END,
+                      current_step = CASE WHEN {_ENDED} OR {_HALTED} OR {_DONE}
+                                          THEN o.current_step ELSE %(name)s END,
                       error = CASE WHEN {_ENDED} THEN o.error
                                    ELSE COALESCE(o.error, %(reason)s) END,
                       updated_at = CASE WHEN {_ENDED} THEN o.updated_at ELSE now() END
                 WHERE o.order_id = %(order_id)s
             RETURNING {_HALTED} AS halted, {_CANCELLED} AS cancelled),
-           go AS (SELECT 1 FROM saga WHERE NOT halted),
+           go AS (SELECT 1 FROM saga WHERE NOT halted AND NOT {_DONE}),
            step AS (
                INSERT INTO orders.saga_steps AS s
                       (order_id, kind, name, status, attempts, started_at)
@@ -57,9 +71,8 @@ def step_started(
                UPDATE orders.saga_steps SET status = 'compensating'
                 WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s
                   AND EXISTS (SELECT 1 FROM go))
-           SELECT cancelled, EXISTS (
-                      SELECT 1 FROM orders.saga_steps  -- as it was before this statement
-                       WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s)
+           SELECT cancelled, EXISTS (SELECT 1 FROM prior),
+                  (SELECT output FROM prior WHERE status = 'completed' AND %(kind)s = 'forward')
              FROM saga""",
         {
             "order_id": order_id,
@@ -70,7 +83,7 @@ def step_started(
             "reason": reason,
         },
     ).fetchone()
-    return (row[0], bool(row[1])) if row else (None, False)
+    return Start(row[0], bool(row[1]), row[2]) if row else Start(None, False, None)
 
 
 def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome: Any) -> Any:
@@ -129,10 +142,10 @@ def step_failed(conn: Conn, order_id: str, kind: StepKind, name: str, error: str
     )
 
 
-def approval_opened(conn: Conn, order_id: str, timeout_seconds: float) -> Any:
-    """Put the saga in AWAITING_APPROVAL with its deadline, unless a cancel came first.
-
-    Returns the cancel reason if a cancel was requested (else None)."""
+def approval_opened(conn: Conn, order_id: str, timeout_seconds: float) -> tuple[Any, float]:
+    """Put the saga in AWAITING_APPROVAL with its deadline (kept if already set), unless a
+    cancel came first. Returns the cancel reason (or None) and the seconds left until the
+    deadline, which is what the saga then waits for."""
     row = conn.execute(
         f"""UPDATE orders.orders o
                SET state = CASE WHEN o.cancel_requested_at IS NULL
@@ -143,47 +156,64 @@ def approval_opened(conn: Conn, order_id: str, timeout_seconds: float) -> Any:
                                                 now() + make_interval(secs => %s)),
                    updated_at = now()
              WHERE o.order_id = %s AND NOT {_ENDED}
-         RETURNING {_CANCELLED}""",
+         RETURNING {_CANCELLED},
+                   GREATEST(0, EXTRACT(EPOCH FROM o.approval_deadline - now()))::float8""",
         (timeout_seconds, order_id),
     ).fetchone()
-    return row[0] if row else None
+    return (row[0], float(row[1])) if row else (None, 0.0)
 
 
-def approval_settled(conn: Conn, order_id: str) -> tuple[str, str | None]:
-    """The decision that stands (approved, rejected, or else timed_out), and the cancel
-    reason if a cancel was requested. Whoever wrote `decision` first won."""
+def approval_settled(conn: Conn, order_id: str) -> tuple[str | None, str | None]:
+    """The decision that stands (approved, rejected, or else timed_out; none if a cancel
+    ended the wait), and the cancel reason if a cancel was requested. Whoever wrote first
+    won: a decision, or a cancel."""
     row = conn.execute(
         f"""UPDATE orders.orders o
-               SET decision = COALESCE(o.decision, 'timed_out'),
-                   decided_at = COALESCE(o.decided_at, now()), updated_at = now()
+               SET decision = CASE WHEN o.decision IS NULL AND o.cancel_requested_at IS NULL
+                                   THEN 'timed_out' ELSE o.decision END,
+                   decided_at = CASE WHEN o.decision IS NULL AND o.cancel_requested_at IS NULL
+                                     THEN now() ELSE o.decided_at END,
+                   updated_at = now()
              WHERE o.order_id = %s
          RETURNING o.decision, {_CANCELLED}""",
         (order_id,),
     ).fetchone()
     assert row is not None
-    return str(row[0]), row[1]
+    return row[0], row[1]
 
 
 def saga_parked(conn: Conn, order_id: str, compensation: str) -> int:
     """The saga waits in COMPENSATION_FAILED for an operator; how many times it has parked."""
     row = conn.execute(
-        f"""UPDATE orders.orders o
+        """UPDATE orders.orders o
                SET state = 'COMPENSATION_FAILED', current_step = %s,
                    parked_count = o.parked_count + 1, updated_at = now()
-             WHERE o.order_id = %s AND NOT {_ENDED}
+             WHERE o.order_id = %s AND o.state <> 'COMPLETED'
          RETURNING o.parked_count""",
         (compensation, order_id),
     ).fetchone()
-    return int(row[0]) if row else 0
+    if row is None:
+        raise SagaAlreadyCompleted(order_id)
+    return int(row[0])
 
 
 def saga_failed(conn: Conn, order_id: str, reason: str) -> None:
     """The saga is over: what it did has been undone. A reason already recorded is kept
     (a re-run of a failed saga fails again, often for a reason of its own)."""
-    conn.execute(
+    row = conn.execute(
         """UPDATE orders.orders
               SET state = 'FAILED', current_step = NULL, error = COALESCE(error, %s),
                   updated_at = now()
-            WHERE order_id = %s""",
+            WHERE order_id = %s AND state <> 'COMPLETED'
+        RETURNING 1""",
         (reason, order_id),
-    )
+    ).fetchone()
+    if row is None:
+        raise SagaAlreadyCompleted(order_id)
+
+
+class SagaAlreadyCompleted(RuntimeError):
+    """A completed order was about to be failed or parked: a bug, never to be papered over."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id!r} is COMPLETED; refusing to mark it otherwise")

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed
 
 from runtime import embedded
 from runtime.settings import Settings
@@ -59,10 +59,20 @@ def close_pool() -> None:
         _pool = None
 
 
+class RuntimeStopped(BaseException):
+    """The pool is closed: the process is stopping. A BaseException, so that neither a step
+    (which DBOS would record as failed) nor the saga (which would compensate) catches it."""
+
+
 @contextmanager
-def connection() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """A pooled autocommit connection; use `with conn.transaction():` for atomic work."""
-    if _pool is None:
-        raise RuntimeError("the database pool is not open (runtime not started)")
-    with _pool.connection() as conn:
-        yield conn
+def connection(timeout: float | None = None) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A pooled autocommit connection; use `with conn.transaction():` for atomic work.
+    `timeout`: how long to wait for a free connection (default: the pool's 30 s)."""
+    pool = _pool
+    if pool is None:
+        raise RuntimeStopped("the database pool is closed")
+    try:
+        with pool.connection(timeout=timeout) as conn:
+            yield conn
+    except PoolClosed as error:
+        raise RuntimeStopped("the database pool is closed") from error

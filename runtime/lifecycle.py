@@ -6,7 +6,7 @@ import time
 import psycopg
 from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
 
-from orders import intake
+from orders import control, intake
 from runtime import database, embedded, seed
 from runtime.migrate import migrate
 from runtime.settings import Settings
@@ -37,8 +37,9 @@ def dbos_config(url: str, settings: Settings) -> DBOSConfig:
 
 
 def start(settings: Settings) -> None:
-    """Migrate, open the pool, seed, launch DBOS (recovering this executor's sagas), and
-    start any stored order whose saga was never created."""
+    """Migrate, open the pool, seed, launch DBOS (recovering this executor's sagas), start
+    any stored order whose saga was never created, and re-send wake-ups a crash may have
+    kept from a waiting saga."""
     url = database.resolve_url(settings)
     _hold_executor_id(url, settings.executor_id, settings.executor_lock_wait_seconds)
     migrate(url)  # before launch: recovery runs steps that need our tables
@@ -51,10 +52,13 @@ def start(settings: Settings) -> None:
     DBOS.launch()
     with database.connection() as conn:
         orphans = intake.unstarted(conn)
+        wakes = control.unsent_wakes(conn)
     for saga_id, order in orphans:
         order_fulfillment.start(saga_id, order)
     if orphans:
         log.info("started %d stored orders whose saga had never been created", len(orphans))
+    for wake in wakes:
+        order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
 
 
 def stop() -> None:

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     approval_timeout_seconds: float = Field(default=86_400, gt=0)
     participant_latency_ms: int = Field(default=0, ge=0)
     step_timeout_seconds: float = Field(default=10.0, gt=0)
-    step_attempts: int = Field(default=5, ge=1)
-    compensation_attempts: int = Field(default=10, ge=1)
+    step_attempts: int = Field(default=5, ge=1, le=100)
+    compensation_attempts: int = Field(default=10, ge=1, le=100)
     retry_backoff_seconds: float = Field(default=0.5, ge=0)
 
     executor_id: str = Field(default="local", min_length=1)

@@ -25,21 +25,28 @@ def call(operation: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
     """
     settings = get_settings()
     deadline = time.monotonic() + settings.step_timeout_seconds
-    with database.connection() as conn:
+    with database.connection(timeout=_left(deadline)) as conn:
         switch = faults.switch(conn, operation)
         if switch.down:
             raise ServiceUnavailable(f"{operation}: service unreachable (fault switch is on)")
         half_trip = (settings.participant_latency_ms + switch.latency_ms) / 2000
         if not half_trip:
-            return action(conn)
+            result = action(conn)
+            _travel(0, deadline, operation)  # it answered, but maybe too late
+            return result
     _travel(half_trip, deadline, operation)
-    with database.connection() as conn:
+    with database.connection(timeout=_left(deadline)) as conn:
         result = action(conn)
     _travel(half_trip, deadline, operation)
     return result
 
 
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.001)
+
+
 def _travel(seconds: float, deadline: float, operation: str) -> None:
+    """Let `seconds` of network time pass, or fail when the deadline comes first."""
     left = deadline - time.monotonic()
     if seconds <= left:
         time.sleep(seconds)

@@ -63,9 +63,11 @@ def run(
     """
     try:
         with database.connection() as conn:
-            cancel, began_before = journal.step_started(conn, order_id, kind, name, reason)
-        if cancel is not None and kind == "forward":
-            return cancelled(cancel, may_have_acted=began_before)
+            start = journal.step_started(conn, order_id, kind, name, reason)
+        if start.cancel is not None and kind == "forward":
+            return cancelled(start.cancel, may_have_acted=start.began_before)
+        if start.completed is not None:  # it completed before a crash: that outcome stands
+            return dict(start.completed)
         outcome = transport.call(name, action)
         with database.connection() as conn:
             cancel = journal.step_finished(conn, order_id, kind, name, outcome)

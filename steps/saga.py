@@ -10,17 +10,21 @@ from steps import runner
 
 
 class Settlement(TypedDict):
-    decision: str  # approved, rejected or timed_out
+    decision: str | None  # approved, rejected or timed_out; None if a cancel ended the wait
     cancel: str | None  # the cancel reason, if a cancel was requested
 
 
+class Opening(TypedDict):
+    cancel: str | None  # the cancel reason, if a cancel came first (then it does not wait)
+    seconds_left: float  # until the deadline recorded in the order's row
+
+
 @DBOS.step(name="open_approval", **runner.retry_policy())
-def open_approval(order_id: str, timeout_seconds: float) -> str | None:
-    """Put the saga in AWAITING_APPROVAL with its deadline; the cancel reason if a cancel
-    came first (then it does not wait)."""
+def open_approval(order_id: str, timeout_seconds: float) -> Opening:
+    """Put the saga in AWAITING_APPROVAL with its deadline (kept from an earlier attempt)."""
     with database.connection() as conn:
-        cancel: str | None = journal.approval_opened(conn, order_id, timeout_seconds)
-    return cancel
+        cancel, seconds_left = journal.approval_opened(conn, order_id, timeout_seconds)
+    return {"cancel": cancel, "seconds_left": seconds_left}
 
 
 @DBOS.step(name="settle_approval", **runner.retry_policy())

@@ -18,6 +18,7 @@ from steps.shipping import cancel_shipment, create_shipment
 
 Compensation = Callable[[Order, str], Outcome]
 PARKED_RECHECK_SECONDS = 86_400.0  # a parked saga waits for a retry request in turns this long
+MAX_WAIT_SECONDS = 3_600.0  # the longest wait between two tries of a compensation
 
 
 class Policy(TypedDict):
@@ -81,9 +82,11 @@ def order_fulfillment(order: Order, policy: Policy) -> SagaResult:
 def wait_for_approval(order_id: str, timeout_seconds: float) -> None:
     """Wait in AWAITING_APPROVAL until approved; Stopped on reject, timeout or cancel.
     The deadline is durable: a restart keeps it."""
-    cancel = open_approval(order_id, timeout_seconds)
+    opening = open_approval(order_id, timeout_seconds)
+    cancel = opening["cancel"]
     if cancel is None:
-        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=timeout_seconds)  # a wake-up, or the deadline
+        # Woken by a decision or a cancel, or not before the deadline in the order's row.
+        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=opening["seconds_left"])
         settled = settle_approval(order_id)
         cancel = settled["cancel"]
         if cancel is None and settled["decision"] == "rejected":
@@ -141,7 +144,7 @@ class Compensations:
                 if isinstance(error, PortableWorkflowError) and error.name != "StepFailed":
                     raise
                 if attempt + 1 < attempts:
-                    DBOS.sleep(backoff * 2**attempt)
+                    DBOS.sleep(min(backoff * 2**attempt, MAX_WAIT_SECONDS))
         return False
 
 

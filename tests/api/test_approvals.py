@@ -120,3 +120,24 @@ def test_only_a_waiting_order_can_be_approved(api: httpx.Client, stock: Callable
     assert response.status_code == 409
     assert "only an order AWAITING_APPROVAL can be approved" in response.json()["detail"]
     assert api.post("/orders/no-such-order/approve").status_code == 404
+
+
+def test_a_decision_after_the_deadline_shown_is_refused(
+    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+) -> None:
+    body = big_order(api, stock)
+    order_id = body["order_id"]
+    wait_for_state(api, order_id, "AWAITING_APPROVAL")
+    db.execute(  # as if the saga's own timer ran late (a crash just as it began waiting)
+        "UPDATE orders.orders SET approval_deadline = now() - interval '1 second' "
+        "WHERE order_id = %s",
+        (order_id,),
+    )
+
+    late = api.post(f"/orders/{order_id}/approve")
+    view = api.post("/orders", json=body, params={"wait": 30}).json()
+
+    assert late.status_code == 409
+    assert "timed out" in late.json()["detail"]
+    assert view["state"] == "FAILED"
+    assert view["approval"]["decision"] == "timed_out"

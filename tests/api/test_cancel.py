@@ -89,6 +89,7 @@ def test_a_cancel_while_awaiting_approval_wakes_the_saga_and_releases_the_stock(
 
     assert cancelled.status_code == 202
     assert view["error"] == "cancelled by request"
+    assert view["approval"]["decision"] is None  # ended by the cancel, not timed out
     assert names(view["compensations"]) == ["release_reservation"]
     assert api.post(f"/orders/{body['order_id']}/approve").status_code == 409
     assert_nothing_lost(db, view, {sku: 5}, {sku: 2})

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from tests.recovery.conftest import wait_for_end, wait_until
 from tests.support.orders import assert_nothing_lost, order_body
@@ -83,6 +84,8 @@ def test_a_saga_parked_across_a_kill_is_still_parked_and_still_retryable(
 
     service.kill()
     service.start(COMPENSATION_ATTEMPTS="2")
+    # DBOS recovers through its internal queue: ENQUEUED, then PENDING once running again.
+    wait_until(lambda: saga_row(sql, body["order_id"])["dbos_status"] == "PENDING", "recovered")
     time.sleep(1)  # give a wrongly resumed saga the time to move on
 
     row = saga_row(sql, body["order_id"])
@@ -119,3 +122,69 @@ def test_a_restart_between_tries_of_a_failing_compensation_goes_on_counting(
     row = saga_row(sql, body["order_id"])
     assert row["current_step"] == "refund_payment"
     assert row["step_attempts"] == 3  # three tries in all, not three after the restart
+
+
+def test_a_saga_completed_just_before_a_kill_stays_completed_whatever_fails_next(
+    service: ServiceProcess, service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    """The last step marks the saga COMPLETED a moment before DBOS checkpoints it. A kill in
+    that moment re-runs the step on restart: it must keep its outcome, even if the
+    notification service is down by then, and never undo a completed order."""
+    service.start(PARTICIPANT_LATENCY_MS="600")
+    body = place(service, price_cents=1000)
+    confirming = (
+        "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = %s AND status = 'executing'"
+    )
+    args = (body["order_id"], "send_confirmation")
+    wait_until(lambda: sql.execute(confirming, args).fetchone() is not None, "confirming")
+    with psycopg.connect(service_db) as holder:  # holds DBOS's checkpoint of the step back
+        holder.execute("LOCK TABLE dbos.operation_outputs IN EXCLUSIVE MODE")
+        wait_until(
+            lambda: saga_row(sql, body["order_id"])["state"] == "COMPLETED", "completed in SQL"
+        )
+        service.kill()
+        assert "send_confirmation" not in _recorded(sql, body["order_id"])
+    for operation in ("send_confirmation", "send_cancellation_notice"):
+        sql.execute("INSERT INTO faults.switches (operation, down) VALUES (%s, true)", (operation,))
+
+    service.start()
+    view = wait_for_end(service.url, body["order_id"])
+
+    assert view["state"] == "COMPLETED"
+    assert view["compensations"] == []
+    confirmation = next(s for s in view["steps"] if s["name"] == "send_confirmation")
+    assert confirmation["attempts"] == 1  # its recorded outcome stood; no second call
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
+
+
+def _recorded(sql: psycopg.Connection[Any], order_id: str) -> list[str]:
+    rows = sql.execute(
+        """SELECT op.function_name FROM dbos.operation_outputs op
+             JOIN orders.orders o ON o.saga_id = op.workflow_uuid WHERE o.order_id = %s""",
+        (order_id,),
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+@pytest.mark.parametrize("request_kind", ["approve", "cancel"])
+def test_a_request_whose_wake_up_was_lost_in_a_crash_reaches_the_saga_on_restart(
+    service: ServiceProcess, service_db: str, sql: psycopg.Connection[Any], request_kind: str
+) -> None:
+    from orders import control
+
+    service.start()
+    body = place(service, price_cents=60_000)
+    wait_until(lambda: saga_row(sql, body["order_id"])["state"] == "AWAITING_APPROVAL", "awaiting")
+    service.kill()
+    # What the API leaves if it dies after settling the request, before waking the saga.
+    with psycopg.connect(service_db, autocommit=True) as conn:
+        if request_kind == "approve":
+            control.decide(conn, body["order_id"], "approved")
+        else:
+            control.cancel(conn, body["order_id"], None)
+
+    service.start()  # the default approval timeout is a day: only a wake-up ends the wait
+    view = wait_for_end(service.url, body["order_id"], timeout=30)
+
+    assert view["state"] == ("COMPLETED" if request_kind == "approve" else "FAILED")
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
