@@ -26,6 +26,12 @@ from workflows import order_fulfillment
 router = APIRouter(tags=["orders"])
 
 OrderIdPath = Annotated[str, Path(pattern=IDENTIFIER)]
+# What approve, reject, cancel and retry-compensation answer.
+CONTROL_ROUTE: dict[str, Any] = {
+    "status_code": 202,
+    "response_model": OrderAccepted,
+    "responses": {404: {"model": Problem}, 409: {"model": Problem}},
+}
 
 
 @router.post(
@@ -114,46 +120,26 @@ def _view(order_id: str) -> dict[str, Any] | None:
         return views.order_view(conn, order_id)
 
 
-@router.post(
-    "/orders/{order_id}/approve",
-    status_code=202,
-    response_model=OrderAccepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
-)
+@router.post("/orders/{order_id}/approve", **CONTROL_ROUTE)
 async def approve(order_id: OrderIdPath, response: Response) -> Any:
     """Let a saga AWAITING_APPROVAL go on (202); 409 in any other state."""
     return await _control(order_id, response, control.decide, "approved")
 
 
-@router.post(
-    "/orders/{order_id}/reject",
-    status_code=202,
-    response_model=OrderAccepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
-)
+@router.post("/orders/{order_id}/reject", **CONTROL_ROUTE)
 async def reject(order_id: OrderIdPath, response: Response) -> Any:
     """Make a saga AWAITING_APPROVAL undo what it did (202); 409 in any other state."""
     return await _control(order_id, response, control.decide, "rejected")
 
 
-@router.post(
-    "/orders/{order_id}/cancel",
-    status_code=202,
-    response_model=OrderAccepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
-)
+@router.post("/orders/{order_id}/cancel", **CONTROL_ROUTE)
 async def cancel(order_id: OrderIdPath, response: Response, body: CancelIn | None = None) -> Any:
     """Stop the saga at its next safe point and undo what it did (202); 409 once it ended.
     Also while it waits for approval, or while a step is in flight (that step is undone)."""
     return await _control(order_id, response, control.cancel, body.reason if body else None)
 
 
-@router.post(
-    "/orders/{order_id}/retry-compensation",
-    status_code=202,
-    response_model=OrderAccepted,
-    responses={404: {"model": Problem}, 409: {"model": Problem}},
-)
+@router.post("/orders/{order_id}/retry-compensation", **CONTROL_ROUTE)
 async def retry_compensation(order_id: OrderIdPath, response: Response) -> Any:
     """Make a saga parked in COMPENSATION_FAILED try its remaining compensations again."""
     return await _control(order_id, response, control.retry_compensation)

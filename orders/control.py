@@ -49,7 +49,7 @@ def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
         raise NotAllowedNow(
             f"order {order_id!r} is {state}; only an order AWAITING_APPROVAL can be {decision}"
         )
-    return Wake(row[0], APPROVAL_TOPIC, f"{row[0]}:decision")
+    return _decision_wake(row[0])
 
 
 def cancel(conn: Conn, order_id: str, reason: str | None) -> Wake | None:
@@ -71,25 +71,23 @@ def cancel(conn: Conn, order_id: str, reason: str | None) -> Wake | None:
         state, _, _ = _state(conn, order_id)
         raise NotAllowedNow(f"order {order_id!r} is {state}; it can no longer be cancelled")
     saga_id, state = row
-    return (
-        Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:cancel") if state == "AWAITING_APPROVAL" else None
-    )
+    return _cancel_wake(saga_id) if state == "AWAITING_APPROVAL" else None
 
 
 def retry_compensation(conn: Conn, order_id: str) -> Wake:
     """Ask a parked saga to try its remaining compensations again."""
-    state, _, _ = _state(conn, order_id)
     row = conn.execute(
-        """SELECT saga_id, parked_count FROM orders.orders
-            WHERE order_id = %s AND state = 'COMPENSATION_FAILED'""",
+        "SELECT state, saga_id, parked_count FROM orders.orders WHERE order_id = %s",
         (order_id,),
     ).fetchone()
     if row is None:
+        raise OrderNotFound(order_id)
+    state, saga_id, parked = row
+    if state != "COMPENSATION_FAILED":
         raise NotAllowedNow(
             f"order {order_id!r} is {state}; only an order in COMPENSATION_FAILED can be retried"
         )
-    saga_id, parked = row
-    return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")
+    return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")  # one per time it parked
 
 
 def unsent_wakes(conn: Conn) -> list[Wake]:
@@ -101,9 +99,16 @@ def unsent_wakes(conn: Conn) -> list[Wake]:
               AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)"""
     ).fetchall()
     return [
-        Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:{'decision' if decided else 'cancel'}")
-        for saga_id, decided in rows
+        _decision_wake(saga_id) if decided else _cancel_wake(saga_id) for saga_id, decided in rows
     ]
+
+
+def _decision_wake(saga_id: str) -> Wake:
+    return Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:decision")
+
+
+def _cancel_wake(saga_id: str) -> Wake:
+    return Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:cancel")
 
 
 def _state(conn: Conn, order_id: str) -> tuple[str, str | None, bool]:

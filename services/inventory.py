@@ -6,6 +6,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services import keys
 from services.outcomes import Outcome, done, refused
 
 Conn = psycopg.Connection[Any]
@@ -76,21 +77,27 @@ def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str,
 def release_reservation(conn: Conn, key: str, order_id: str) -> Outcome:
     """Give back the stock held under `key`. With nothing held, void the key, so that a
     reserve arriving late (a call still in flight elsewhere) is refused instead of holding."""
-    with conn.transaction():
-        for _ in range(2):  # a reserve claiming the key meanwhile is released on the 2nd pass
-            row = conn.execute(
-                """UPDATE inventory.reservations SET status = 'released', released_at = now()
-                    WHERE idempotency_key = %s AND status = 'active' RETURNING reservation_id""",
-                (key,),
-            ).fetchone()
-            if row is not None:
-                _give_back(conn, row[0])
-                return done(released=True, reservation_id=row[0])
-            if _claim(conn, f"res_{uuid.uuid4().hex}", key, order_id, "released"):
-                return done(released=False, voided=True)
-            if _status(conn, key) != "active":
-                return done(released=False)
-    raise RuntimeError(f"reservation {key!r} kept changing while being released")
+
+    def release() -> Outcome | None:
+        row = conn.execute(
+            """UPDATE inventory.reservations SET status = 'released', released_at = now()
+                WHERE idempotency_key = %s AND status = 'active' RETURNING reservation_id""",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        _give_back(conn, row[0])
+        return done(released=True, reservation_id=row[0])
+
+    return keys.close_key(
+        conn,
+        "inventory.reservations",
+        key,
+        in_effect="active",
+        undo=release,
+        void=lambda: _claim(conn, f"res_{uuid.uuid4().hex}", key, order_id, "released"),
+        verb="released",
+    )
 
 
 def _claim(
@@ -125,13 +132,6 @@ def _give_back(conn: Conn, reservation_id: str) -> None:
                 WHERE sku = %s""",
             (quantity, sku),
         )
-
-
-def _status(conn: Conn, key: str) -> str | None:
-    row = conn.execute(
-        "SELECT status FROM inventory.reservations WHERE idempotency_key = %s", (key,)
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _answer(conn: Conn, key: str) -> Outcome:

@@ -6,6 +6,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services import keys
 from services.outcomes import Outcome, done, refused
 
 Conn = psycopg.Connection[Any]
@@ -41,7 +42,7 @@ def send_cancellation_notice(
             existing = _answer(conn, key)
             if existing is not None:
                 return existing
-            confirmation = _status(conn, confirmation_key)
+            confirmation = keys.key_status(conn, "notifications.notifications", confirmation_key)
             if confirmation == "sent":
                 _insert(conn, key, order_id, "cancellation", to, "sent")
                 continue
@@ -96,10 +97,3 @@ def _insert(conn: Conn, key: str, order_id: str, kind: str, to: str, status: str
         (f"ntf_{uuid.uuid4().hex}", key, order_id, kind, to, status),
     ).fetchone()
     return row is not None
-
-
-def _status(conn: Conn, key: str) -> str | None:
-    row = conn.execute(
-        "SELECT status FROM notifications.notifications WHERE idempotency_key = %s", (key,)
-    ).fetchone()
-    return None if row is None else str(row[0])

@@ -6,6 +6,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services import keys
 from services.outcomes import Outcome, ServiceUnavailable, done, refused
 
 Conn = psycopg.Connection[Any]
@@ -46,20 +47,24 @@ def process_payment(
 def refund_payment(conn: Conn, key: str, order_id: str) -> Outcome:
     """Refund the payment captured under `key`. With none captured, void the key, so that
     a capture arriving late (a call still in flight elsewhere) is refused."""
-    with conn.transaction():
-        for _ in range(2):  # a capture landing meanwhile is refunded on the 2nd pass
-            row = conn.execute(
-                """UPDATE payments.payments SET status = 'refunded', refunded_at = now()
-                    WHERE idempotency_key = %s AND status = 'captured' RETURNING payment_id""",
-                (key,),
-            ).fetchone()
-            if row is not None:
-                return done(refunded=True, payment_id=row[0])
-            if _insert(conn, key, order_id, "voided", 0, None):
-                return done(refunded=False, voided=True)
-            if _status(conn, key) != "captured":
-                return done(refunded=False)
-    raise RuntimeError(f"payment {key!r} kept changing while being refunded")
+
+    def refund() -> Outcome | None:
+        row = conn.execute(
+            """UPDATE payments.payments SET status = 'refunded', refunded_at = now()
+                WHERE idempotency_key = %s AND status = 'captured' RETURNING payment_id""",
+            (key,),
+        ).fetchone()
+        return None if row is None else done(refunded=True, payment_id=row[0])
+
+    return keys.close_key(
+        conn,
+        "payments.payments",
+        key,
+        in_effect="captured",
+        undo=refund,
+        void=lambda: _insert(conn, key, order_id, "voided", 0, None),
+        verb="refunded",
+    )
 
 
 def payments_for(conn: Conn, order_id: str) -> list[dict[str, Any]]:
@@ -95,13 +100,6 @@ def _insert(
         (f"pay_{uuid.uuid4().hex}", key, order_id, amount, method, status),
     ).fetchone()
     return row is not None
-
-
-def _status(conn: Conn, key: str) -> str | None:
-    row = conn.execute(
-        "SELECT status FROM payments.payments WHERE idempotency_key = %s", (key,)
-    ).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _count_call(conn: Conn, key: str) -> int:

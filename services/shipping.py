@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from services import keys
 from services.outcomes import Outcome, done, refused
 
 Conn = psycopg.Connection[Any]
@@ -38,20 +39,24 @@ def create_shipment(conn: Conn, key: str, order_id: str, address: dict[str, Any]
 def cancel_shipment(conn: Conn, key: str, order_id: str) -> Outcome:
     """Cancel the shipment booked under `key`. With none booked, void the key, so that a
     booking arriving late (a call still in flight elsewhere) is refused."""
-    with conn.transaction():
-        for _ in range(2):  # a booking landing meanwhile is cancelled on the 2nd pass
-            row = conn.execute(
-                """UPDATE shipping.shipments SET status = 'cancelled', cancelled_at = now()
-                    WHERE idempotency_key = %s AND status = 'created' RETURNING shipment_id""",
-                (key,),
-            ).fetchone()
-            if row is not None:
-                return done(cancelled=True, shipment_id=row[0])
-            if _insert(conn, key, order_id, "voided", None, None):
-                return done(cancelled=False, voided=True)
-            if _status(conn, key) != "created":
-                return done(cancelled=False)
-    raise RuntimeError(f"shipment {key!r} kept changing while being cancelled")
+
+    def cancel() -> Outcome | None:
+        row = conn.execute(
+            """UPDATE shipping.shipments SET status = 'cancelled', cancelled_at = now()
+                WHERE idempotency_key = %s AND status = 'created' RETURNING shipment_id""",
+            (key,),
+        ).fetchone()
+        return None if row is None else done(cancelled=True, shipment_id=row[0])
+
+    return keys.close_key(
+        conn,
+        "shipping.shipments",
+        key,
+        in_effect="created",
+        undo=cancel,
+        void=lambda: _insert(conn, key, order_id, "voided", None, None),
+        verb="cancelled",
+    )
 
 
 def shipments_for(conn: Conn, order_id: str) -> list[dict[str, Any]]:
@@ -87,10 +92,3 @@ def _insert(
         (f"shp_{uuid.uuid4().hex}", key, order_id, status, tracking, country),
     ).fetchone()
     return row is not None
-
-
-def _status(conn: Conn, key: str) -> str | None:
-    row = conn.execute(
-        "SELECT status FROM shipping.shipments WHERE idempotency_key = %s", (key,)
-    ).fetchone()
-    return None if row is None else str(row[0])
