@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: run test psql lint format lock clean
+.PHONY: run test psql audit chaos lint format lock clean
 
 run: $(VENV)/.synced
 	$(PY) -m api
@@ -14,6 +14,12 @@ test: $(VENV)/.synced
 
 psql: $(VENV)/.synced
 	$(PY) -m runtime.psql
+
+audit: $(VENV)/.synced
+	$(PY) -m orders.audit
+
+chaos: $(VENV)/.synced
+	$(PY) -m chaos
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff format --check .

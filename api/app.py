@@ -2,18 +2,31 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from api import errors, orders, services
-from runtime import database, lifecycle
+from api import access, db, errors, orders, services
+from api.limits import BodySizeLimit
+from api.responses import TOO_LARGE, UNAVAILABLE
+from runtime import lifecycle
 from runtime.settings import Settings, get_settings
 
 DESCRIPTION = """Order fulfillment as a durable saga: reserve inventory, process payment,
 create shipment, send confirmation; on failure, undo what was done, in reverse.
 Every step is checkpointed in PostgreSQL by DBOS, so a killed process resumes where it stopped."""
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class HealthDown(BaseModel):
+    status: Literal["unavailable"]
+    detail: str
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,19 +46,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(lifecycle.stop)
 
-    app = FastAPI(title="Order saga", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Order saga",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=TOO_LARGE,
+    )
+    app.state.settings = settings  # what api.access checks tokens against
+    access.warn_if_exposed(settings)
+    app.add_middleware(BodySizeLimit)
     errors.install(app)
-    app.include_router(orders.router)
-    app.include_router(services.router)
+    app.include_router(orders.router, responses=UNAVAILABLE)
+    app.include_router(services.router, responses=UNAVAILABLE)
+    access.describe(app, settings)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        response_model=Health,
+        responses={503: {**UNAVAILABLE[503], "model": HealthDown, "description": "No database"}},
+    )
     def healthz() -> JSONResponse:
         """200 once migrations ran and DBOS is launched, and the database answers."""
         try:
-            with database.connection() as conn:
+            with db.connection() as conn:
                 conn.execute("SELECT 1")
         except Exception:
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+            return JSONResponse(
+                {"status": "unavailable", "detail": "the database is unavailable"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
         return JSONResponse({"status": "ok"})
 
     return app

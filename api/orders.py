@@ -8,6 +8,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from api import db
+from api.access import PROTECTED, UNAUTHORIZED_RESPONSE
+from api.responses import UNPARSABLE
 from api.schemas import (
     IDENTIFIER,
     CancelIn,
@@ -20,17 +23,17 @@ from api.schemas import (
 from orders import control, intake, views
 from orders.errors import OrderNotFound
 from orders.model import SagaState
-from runtime import database
 from workflows import order_fulfillment
 
 router = APIRouter(tags=["orders"])
 
 OrderIdPath = Annotated[str, Path(pattern=IDENTIFIER)]
-# What approve, reject, cancel and retry-compensation answer.
+# What approve, reject, cancel and retry-compensation answer; with API_TOKEN set, they need it.
 CONTROL_ROUTE: dict[str, Any] = {
     "status_code": 202,
     "response_model": OrderAccepted,
-    "responses": {404: {"model": Problem}, 409: {"model": Problem}},
+    "responses": {404: {"model": Problem}, 409: {"model": Problem}, **UNAUTHORIZED_RESPONSE},
+    **PROTECTED,
 }
 
 
@@ -41,6 +44,7 @@ CONTROL_ROUTE: dict[str, Any] = {
     responses={
         200: {"model": OrderView, "description": "With ?wait=: the saga ended in time"},
         409: {"model": Problem, "description": "Key or order_id reused with another body"},
+        **UNPARSABLE,
     },
 )
 async def place_order(
@@ -70,7 +74,7 @@ async def place_order(
 @router.get("/orders/{order_id}", response_model=OrderView, responses={404: {"model": Problem}})
 def get_order(order_id: OrderIdPath) -> dict[str, Any]:
     """The saga: state, current step, each forward step, the compensations that ran."""
-    with database.connection() as conn:
+    with db.connection() as conn:
         view = views.order_view(conn, order_id)
     if view is None:
         raise OrderNotFound(order_id)
@@ -83,16 +87,16 @@ def list_orders(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     """Summaries, newest first."""
-    with database.connection() as conn:
+    with db.connection() as conn:
         return {"orders": views.list_orders(conn, state, limit)}
 
 
 def _place(request: dict[str, Any], idempotency_key: str | None) -> intake.Placement:
-    with database.connection() as conn:
+    with db.connection() as conn:
         placement = intake.place(conn, request, idempotency_key)
     if placement.created or placement.state == "STARTED":
         # Also on a retry: the first request may have died between storing and starting.
-        order_fulfillment.start(placement.saga_id, placement.order)
+        db.within_wait(lambda: order_fulfillment.start(placement.saga_id, placement.order))
     return placement
 
 
@@ -111,12 +115,12 @@ async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
 
 
 def _has_ended(order_id: str) -> bool:
-    with database.connection() as conn:
+    with db.connection() as conn:
         return views.has_ended(conn, order_id)
 
 
 def _view(order_id: str) -> dict[str, Any] | None:
-    with database.connection() as conn:
+    with db.connection() as conn:
         return views.order_view(conn, order_id)
 
 
@@ -132,7 +136,10 @@ async def reject(order_id: OrderIdPath, response: Response) -> Any:
     return await _control(order_id, response, control.decide, "rejected")
 
 
-@router.post("/orders/{order_id}/cancel", **CONTROL_ROUTE)
+@router.post(
+    "/orders/{order_id}/cancel",
+    **(CONTROL_ROUTE | {"responses": CONTROL_ROUTE["responses"] | UNPARSABLE}),
+)
 async def cancel(order_id: OrderIdPath, response: Response, body: CancelIn | None = None) -> Any:
     """Stop the saga at its next safe point and undo what it did (202); 409 once it ended.
     Also while it waits for approval, or while a step is in flight (that step is undone)."""
@@ -147,11 +154,13 @@ async def retry_compensation(order_id: OrderIdPath, response: Response) -> Any:
 
 async def _control(order_id: str, response: Response, request: Any, *args: Any) -> OrderAccepted:
     def settle_and_wake() -> dict[str, Any]:
-        with database.connection() as conn:
+        with db.connection() as conn:
             wake = request(conn, order_id, *args)
         if wake is not None:
-            order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
-        with database.connection() as conn:
+            db.within_wait(
+                lambda: order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
+            )
+        with db.connection() as conn:
             view = views.order_view(conn, order_id)
         assert view is not None
         return view

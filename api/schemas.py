@@ -40,7 +40,12 @@ def _deliverable_syntax(address: str) -> str:
         raise ValueError(f"not a valid e-mail address: {error}") from None
 
 
-Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_deliverable_syntax)]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=254),
+    AfterValidator(_deliverable_syntax),
+    Field(json_schema_extra={"format": "email"}),
+]
 Country = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z]{2}$"), AfterValidator(lambda code: code.upper())
 ]

@@ -1,15 +1,41 @@
-"""The one PostgreSQL database: its URL and the connection pool the app uses."""
+"""The one PostgreSQL database: its URL, the connection pool the app uses, and what the app
+does while the database cannot be reached."""
 
-from collections.abc import Iterator
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from runtime import embedded
 from runtime.settings import Settings
 
-_pool: ConnectionPool[psycopg.Connection[tuple[object, ...]]] | None = None
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+_pool: ConnectionPool[Connection] | None = None
+_url: str | None = None
+IDLE_CHECK_SECONDS = 1.0  # a pooled connection idle this long is checked before reuse
+PROBE_TIMEOUT_SECONDS = 2
+MAX_PAUSE_SECONDS = 5.0
+RECONNECT_SECONDS = 5.0  # the longest wait between two probes while the database is down
+
+
+class RuntimeStopped(BaseException):
+    """The pool is closed: the process is stopping. A BaseException, so that neither a step
+    (which DBOS would record as failed) nor the saga (which would compensate) catches it."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached: down, restarting, or a connection it cut."""
 
 
 def resolve_url(settings: Settings) -> str:
@@ -30,25 +56,46 @@ def sqlalchemy_url(url: str) -> str:
 def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
     """Open the process-wide pool. Connections are autocommit; code opens transactions.
     No statement may run longer than `statement_timeout_seconds` (a hung query is an error)."""
-    global _pool
+    global _pool, _url
     if _pool is not None:
         raise RuntimeError("the database pool is already open")
+    _url = url
     _pool = ConnectionPool(
         url,
         min_size=1,
         max_size=size,
         kwargs={"autocommit": True},
         timeout=30,
+        # A failed reconnection is retried with doubling waits; cap them, so that the pool
+        # is whole again within seconds of a database outage ending, not minutes.
+        reconnect_timeout=RECONNECT_SECONDS,
         name="app",
         configure=lambda conn: _configure(conn, statement_timeout_seconds),
+        check=_check_if_idle,
+        reset=_mark_returned,
         open=False,
     )
     _pool.open(wait=True, timeout=30)
 
 
-def _configure(conn: psycopg.Connection[tuple[object, ...]], timeout_seconds: float) -> None:
+def _configure(conn: Connection, timeout_seconds: float) -> None:
     conn.execute("SET TIME ZONE 'UTC'")  # every time the API shows is UTC
     conn.execute(f"SET statement_timeout = {int(timeout_seconds * 1000)}")
+
+
+# A connection that sat idle may have been cut (a database restart) without the pool
+# knowing; one in steady use has just proved itself. Checking only the idle ones keeps the
+# round trip off the busy path.
+_returned_at: dict[int, float] = {}
+
+
+def _mark_returned(conn: Connection) -> None:
+    _returned_at[id(conn)] = time.monotonic()
+
+
+def _check_if_idle(conn: Connection) -> None:
+    if time.monotonic() - _returned_at.get(id(conn), 0.0) > IDLE_CHECK_SECONDS:
+        ConnectionPool.check_connection(conn)
 
 
 def close_pool() -> None:
@@ -57,17 +104,17 @@ def close_pool() -> None:
     if _pool is not None:
         _pool.close()
         _pool = None
-
-
-class RuntimeStopped(BaseException):
-    """The pool is closed: the process is stopping. A BaseException, so that neither a step
-    (which DBOS would record as failed) nor the saga (which would compensate) catches it."""
+        _returned_at.clear()
 
 
 @contextmanager
-def connection(timeout: float | None = None) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def connection(timeout: float | None = None) -> Iterator[Connection]:
     """A pooled autocommit connection; use `with conn.transaction():` for atomic work.
-    `timeout`: how long to wait for a free connection (default: the pool's 30 s)."""
+
+    `timeout`: how long to wait for a free connection (default: the pool's 30 s). Raises
+    DatabaseUnavailable when the database cannot be reached or cut the connection, and
+    PoolTimeout when it can be reached but no connection was free in time.
+    """
     pool = _pool
     if pool is None:
         raise RuntimeStopped("the database pool is closed")
@@ -76,3 +123,70 @@ def connection(timeout: float | None = None) -> Iterator[psycopg.Connection[tupl
             yield conn
     except PoolClosed as error:
         raise RuntimeStopped("the database pool is closed") from error
+    except PoolTimeout as error:
+        if not reachable():
+            raise DatabaseUnavailable(f"the database cannot be reached: {error}") from error
+        raise
+    except psycopg.OperationalError as error:
+        if is_connection_failure(error):
+            raise DatabaseUnavailable(f"the database connection failed: {error}") from error
+        raise
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """The connection itself failed (refused, cut, server shutting down): not a statement
+    timeout, a lock timeout or a deadlock, which the database itself reported."""
+    if not isinstance(error, psycopg.OperationalError) or isinstance(error, PoolTimeout):
+        return False
+    state = error.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+def reachable() -> bool:
+    """Whether a new connection to the database can be made and answers, right now."""
+    if _url is None:
+        return False
+    try:
+        with psycopg.connect(_url, connect_timeout=PROBE_TIMEOUT_SECONDS) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def outlasting_outages(work: Callable[P, T]) -> Callable[P, T]:
+    """Make `work` wait out database outages: while the database cannot be reached it is
+    paused, then run again, as DBOS pauses its own operations. For idempotent work only.
+
+    A step wrapped in this does not use up its tries while the database is down, so an
+    outage never turns into a compensation. A connection cut by a restart of a database
+    that is back already is retried at once, a few times (stale pooled connections).
+    """
+
+    @functools.wraps(work)
+    def paused_while_down(*args: P.args, **kwargs: P.kwargs) -> T:
+        stale_retries = 0
+        while True:
+            try:
+                return work(*args, **kwargs)
+            except DatabaseUnavailable:
+                if reachable():
+                    stale_retries += 1
+                    if stale_retries > 3:
+                        raise
+                    continue
+                _wait_until_reachable()
+
+    return paused_while_down
+
+
+def _wait_until_reachable() -> None:
+    started = time.monotonic()
+    log.warning("database unreachable: pausing until it is back")
+    pause = 0.25
+    while not reachable():
+        if _pool is None:
+            raise RuntimeStopped("the database pool is closed")
+        time.sleep(pause)
+        pause = min(pause * 2, MAX_PAUSE_SECONDS)
+    log.warning("database reachable again after %.1f s: resuming", time.monotonic() - started)

@@ -1,6 +1,8 @@
 """Starting and stopping everything a process needs, in the one safe order."""
 
 import logging
+import os
+import threading
 import time
 
 import psycopg
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 APP_NAME = "order-saga"
 
 _executor_lock: psycopg.Connection[tuple[object, ...]] | None = None
+_keeper_stop = threading.Event()
+KEEPER_INTERVAL_SECONDS = 2.0
 
 
 class ExecutorIdInUse(RuntimeError):
@@ -64,6 +68,7 @@ def start(settings: Settings) -> None:
 def stop() -> None:
     """Stop DBOS and close the pool. Unfinished sagas stay PENDING for the next start."""
     global _executor_lock
+    _keeper_stop.set()
     DBOS.destroy()  # first: a step still running can then no longer record anything
     database.close_pool()
     if _executor_lock is not None:
@@ -77,13 +82,27 @@ def _hold_executor_id(url: str, executor_id: str, wait_seconds: float) -> None:
 
     DBOS recovers the PENDING workflows of its executor id at launch, so two live processes
     with one id would run each other's sagas. The lock goes when the process dies, even by
-    SIGKILL; a restart right after a kill waits a moment for the server to notice.
+    SIGKILL; a restart right after a kill waits a moment for the server to notice. A restart
+    of the database drops it too, so a keeper thread takes it again once the database is back.
     """
     global _executor_lock
-    conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(url, autocommit=True)
+    _executor_lock = _lock_executor_id(url, executor_id, wait_seconds)
+    _keeper_stop.clear()
+    keeper = threading.Thread(
+        target=_keep_executor_id, args=(url, executor_id), name="executor-id-keeper", daemon=True
+    )
+    keeper.start()
+
+
+def _lock_executor_id(
+    url: str, executor_id: str, wait_seconds: float
+) -> psycopg.Connection[tuple[object, ...]]:
+    conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
+        url, autocommit=True, connect_timeout=5
+    )
     deadline = time.monotonic() + wait_seconds
     query = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-    while conn.execute(query, (f"dbos-executor:{executor_id}",)).fetchone() != (True,):
+    while conn.execute(query, (executor_lock_key(executor_id),)).fetchone() != (True,):
         if time.monotonic() > deadline:
             conn.close()
             raise ExecutorIdInUse(
@@ -91,4 +110,37 @@ def _hold_executor_id(url: str, executor_id: str, wait_seconds: float) -> None:
                 "database; stop it, or give this process its own EXECUTOR_ID"
             )
         time.sleep(0.2)
-    _executor_lock = conn
+    return conn
+
+
+def executor_lock_key(executor_id: str) -> str:
+    """The advisory lock (hashtextextended of this text) a live process holds on its id."""
+    return f"dbos-executor:{executor_id}"
+
+
+def _keep_executor_id(url: str, executor_id: str) -> None:
+    """Every few seconds, make sure the lock is still held; after a database restart, take
+    it again. If another process took the id in between, this one stops at once: two live
+    processes with one executor id would run the same sagas (killing it loses nothing)."""
+    global _executor_lock
+    while not _keeper_stop.wait(KEEPER_INTERVAL_SECONDS):
+        conn = _executor_lock
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT 1")
+            continue
+        except psycopg.Error:
+            log.warning("lost the lock on executor id %r (database restarted?)", executor_id)
+        conn.close()
+        while not _keeper_stop.is_set():
+            try:
+                _executor_lock = _lock_executor_id(url, executor_id, KEEPER_INTERVAL_SECONDS * 5)
+                log.warning("holding executor id %r again", executor_id)
+                break
+            except ExecutorIdInUse:
+                log.critical("executor id %r was taken by another process: exiting", executor_id)
+                logging.shutdown()
+                os._exit(70)
+            except psycopg.Error:
+                _keeper_stop.wait(KEEPER_INTERVAL_SECONDS)  # the database is not back yet

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".data"), description="Embedded PostgreSQL lives here")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    api_token: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        description="Bearer token for calls that change state (not POST /orders); unset: open",
+    )
 
     approval_threshold_cents: int = Field(default=100_000, ge=0)
     approval_timeout_seconds: float = Field(default=86_400, gt=0)
@@ -35,6 +40,9 @@ class Settings(BaseSettings):
         default="order-saga-1", description="Bump on purpose; see README 'Changing the saga'"
     )
     db_pool_size: int = Field(default=10, ge=1)
+    db_wait_seconds: float = Field(
+        default=5.0, gt=0, description="How long an HTTP call waits for the database before 503"
+    )
     seed_demo_catalog: bool = True
     log_level: str = "INFO"
 

@@ -26,7 +26,11 @@ class StepFailed(Exception):
 def is_transient(error: BaseException) -> bool:
     """Worth another try: the service or the database could not be reached."""
     return isinstance(
-        error, ServiceUnavailable | psycopg.OperationalError | psycopg_pool.PoolTimeout
+        error,
+        ServiceUnavailable
+        | database.DatabaseUnavailable
+        | psycopg.OperationalError
+        | psycopg_pool.PoolTimeout,
     )
 
 
@@ -57,20 +61,14 @@ def run(
     nothing, though an earlier one, cut short by a crash, may have), or `"cancel_requested"`
     added to the outcome if it came during the call.
 
-    A forward step's transient errors propagate for DBOS to retry. Anything else, the
-    journal's own writes included, and every error of a compensation, becomes StepFailed,
-    so the workflow sees the same class of error on its first run as on a replay.
+    While the database cannot be reached, the step waits for it (runtime.database) and uses
+    up none of its tries. A forward step's transient errors propagate for DBOS to retry.
+    Anything else, the journal's own writes included, and every error of a compensation,
+    becomes StepFailed, so the workflow sees the same class of error on its first run as on
+    a replay.
     """
     try:
-        with database.connection() as conn:
-            start = journal.step_started(conn, order_id, kind, name, reason)
-        if start.cancel is not None and kind == "forward":
-            return cancelled(start.cancel, may_have_acted=start.began_before)
-        if start.completed is not None:  # it completed before a crash: that outcome stands
-            return dict(start.completed)
-        outcome = transport.call(name, action)
-        with database.connection() as conn:
-            cancel = journal.step_finished(conn, order_id, kind, name, outcome)
+        outcome, cancel = _run_once(kind, name, order_id, action, reason)
     except Exception as error:
         _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
         if kind == "forward" and is_transient(error):
@@ -79,6 +77,23 @@ def run(
     if cancel is not None and kind == "forward" and not is_refused(outcome):
         return {**outcome, "cancel_requested": cancel}
     return outcome
+
+
+@database.outlasting_outages
+def _run_once(
+    kind: StepKind, name: str, order_id: str, action: Action, reason: str | None
+) -> tuple[Outcome, str | None]:
+    """One try: (the outcome, a cancel reason that came during the call, if any). Run again
+    from the top after a database outage: the journal and the services are idempotent."""
+    with database.connection() as conn:
+        start = journal.step_started(conn, order_id, kind, name, reason)
+    if start.cancel is not None and kind == "forward":
+        return cancelled(start.cancel, may_have_acted=start.began_before), None
+    if start.completed is not None:  # it completed before a crash: that outcome stands
+        return dict(start.completed), None
+    outcome = transport.call(name, action)
+    with database.connection() as conn:
+        return outcome, journal.step_finished(conn, order_id, kind, name, outcome)
 
 
 def cancelled(reason: str, *, may_have_acted: bool) -> Outcome:

@@ -1,4 +1,5 @@
-"""The saga's own bookkeeping steps: no downstream call, one journal write each."""
+"""The saga's own bookkeeping steps: no downstream call, one journal write each. Each waits
+out a database outage rather than use up its tries (runtime.database)."""
 
 from typing import TypedDict
 
@@ -20,6 +21,7 @@ class Opening(TypedDict):
 
 
 @DBOS.step(name="open_approval", **runner.retry_policy())
+@database.outlasting_outages
 def open_approval(order_id: str, timeout_seconds: float) -> Opening:
     """Put the saga in AWAITING_APPROVAL with its deadline (kept from an earlier attempt)."""
     with database.connection() as conn:
@@ -28,6 +30,7 @@ def open_approval(order_id: str, timeout_seconds: float) -> Opening:
 
 
 @DBOS.step(name="settle_approval", **runner.retry_policy())
+@database.outlasting_outages
 def settle_approval(order_id: str) -> Settlement:
     """The decision that stands once the wait is over (timed_out if nobody decided)."""
     with database.connection() as conn:
@@ -36,6 +39,7 @@ def settle_approval(order_id: str) -> Settlement:
 
 
 @DBOS.step(name="park_saga", **runner.retry_policy())
+@database.outlasting_outages
 def park_saga(order_id: str, compensation: str) -> int:
     """COMPENSATION_FAILED: `compensation` ran out of tries; wait for an operator."""
     with database.connection() as conn:
@@ -43,6 +47,7 @@ def park_saga(order_id: str, compensation: str) -> int:
 
 
 @DBOS.step(name="record_failure", **runner.retry_policy())
+@database.outlasting_outages
 def record_failure(order_id: str, reason: str) -> None:
     """Mark the saga FAILED once everything it did has been undone."""
     with database.connection() as conn:

@@ -58,7 +58,10 @@ SAGA_FAILURES = (
 STEP_FAILURES_BY_NAME = frozenset({"StepFailed", "DBOSMaxStepRetriesExceeded"})
 
 
-@DBOS.workflow(name="order_fulfillment")
+# Never dead-lettered (DBOS's default gives up on a workflow recovered 100 times): a saga
+# waiting for approval or parked for an operator may live through any number of restarts,
+# and it must still finish or undo. Nothing in it crashes the process, so no crash loop.
+@DBOS.workflow(name="order_fulfillment", max_recovery_attempts=None)
 def order_fulfillment(order: Order, policy: Policy) -> SagaResult:
     """Fulfil the order, or leave no trace of it: COMPLETED, or FAILED with all undone."""
     saga = Compensations(order, policy)

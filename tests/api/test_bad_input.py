@@ -1,10 +1,8 @@
 """Bad input gets a 422 naming the problem, and nothing is stored or started."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from tests.support.orders import order_body
@@ -106,22 +104,6 @@ BAD_ORDERS = [
         ("body", "shipping_address", "name"),
     ),
 ]
-
-
-@pytest.fixture
-def nothing_changes(db: psycopg.Connection[Any]) -> Iterator[None]:
-    def counts() -> tuple[Any, ...]:
-        row = db.execute(
-            """SELECT (SELECT count(*) FROM orders.orders),
-                      (SELECT count(*) FROM dbos.workflow_status),
-                      (SELECT count(*) FROM inventory.items)"""
-        ).fetchone()
-        assert row is not None
-        return tuple(row)
-
-    before = counts()
-    yield
-    assert counts() == before
 
 
 def locations(response: httpx.Response) -> list[tuple[Any, ...]]:
@@ -256,8 +238,9 @@ def test_a_nul_character_in_a_path_or_query_is_a_422(
 @pytest.mark.usefixtures("nothing_changes")
 @pytest.mark.parametrize(
     "raw",
-    [b'{"customer_id": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000],
-    ids=["invalid-utf8", "nested-100000-deep"],
+    # 30000 deep is 60000 bytes: under the 64 KiB body limit (api/limits.py), past the parser
+    [b'{"customer_id": "\xff\xfe"}', b"[" * 30_000 + b"]" * 30_000],
+    ids=["invalid-utf8", "nested-30000-deep"],
 )
 def test_a_body_that_cannot_even_be_parsed_is_a_400(api: httpx.Client, raw: bytes) -> None:
     response = api.post("/orders", content=raw, headers={"content-type": "application/json"})

@@ -114,6 +114,11 @@ def test_a_restart_between_tries_of_a_failing_compensation_goes_on_counting(
     first_try_failed = "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = %s AND status = 'failed' AND attempts = 1"  # noqa: E501
     args = (body["order_id"], "refund_payment")
     wait_until(lambda: sql.execute(first_try_failed, args).fetchone() is not None, "a failed try")
+    # ... and checkpointed by DBOS (a kill before that would run the same try again).
+    checkpointed = """SELECT 1 FROM dbos.operation_outputs op JOIN orders.orders o
+                        ON o.saga_id = op.workflow_uuid
+                       WHERE o.order_id = %s AND op.function_name = %s AND op.error IS NOT NULL"""
+    wait_until(lambda: sql.execute(checkpointed, args).fetchone() is not None, "checkpointed")
 
     service.kill()  # during the durable 2 s wait before the second try
     service.start(**settings)

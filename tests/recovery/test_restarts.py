@@ -134,3 +134,29 @@ def test_a_second_process_on_a_busy_port_exits_before_touching_the_database(
     assert exit_code == 1
     assert f"cannot listen on 127.0.0.1:{service.port}" in second.tail()
     assert "executor id" not in second.tail()
+
+
+def test_a_saga_recovered_more_than_a_hundred_times_is_not_dead_lettered(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    """DBOS dead-letters a workflow after 100 recoveries by default; a saga (waiting for an
+    approval, parked) may outlive that many restarts and must still finish."""
+    service.start(PARTICIPANT_LATENCY_MS="1500")
+    with httpx.Client(base_url=service.url) as client:
+        client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 1500})
+        body = order_body({"WIDGET": 1})
+        assert client.post("/orders", json=body).status_code == 202
+    running = "SELECT state FROM orders.orders WHERE order_id = %s"
+    wait_until(
+        lambda: sql.execute(running, (body["order_id"],)).fetchone() == ("PENDING",), "running"
+    )
+    service.kill()
+    sql.execute(  # as if it had been recovered 150 times already
+        """UPDATE dbos.workflow_status SET recovery_attempts = 150
+            WHERE workflow_uuid = (SELECT saga_id FROM orders.orders WHERE order_id = %s)""",
+        (body["order_id"],),
+    )
+    service.start(PARTICIPANT_LATENCY_MS="0")
+    view = wait_for_end(service.url, body["order_id"])
+    assert view["state"] == "COMPLETED"
+    assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 1})

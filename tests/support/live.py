@@ -1,6 +1,5 @@
 """The real app served by uvicorn on a free port, in a thread of the test process."""
 
-import socket
 import threading
 import time
 
@@ -8,11 +7,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from chaos.service import free_port
 
 
 class LiveServer:

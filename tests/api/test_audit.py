@@ -1,0 +1,155 @@
+"""`make audit` finds each kind of broken promise: real sagas are run, then their effects are
+tampered with inside a transaction that is rolled back, and the audit must name the saga."""
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from orders.audit import audit, main
+from runtime.lifecycle import executor_lock_key
+from tests.support.orders import order_body, wait_for_state
+
+
+@pytest.fixture
+def tx() -> Iterator[psycopg.Connection[Any]]:
+    """A connection in a transaction that is rolled back: the tampering never lands."""
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        yield conn
+        conn.rollback()
+
+
+def finished(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    assert api.post("/orders", json=body).status_code == 202
+    return wait_for_state(api, body["order_id"], {"COMPLETED", "FAILED"})
+
+
+def about(conn: psycopg.Connection[Any], subject: str) -> list[str]:
+    report = audit(conn, executor_lock_key(""), own_snapshot=False)
+    return [v for v in report.violations if subject in v]
+
+
+@pytest.fixture
+def completed(api: httpx.Client, stock: Any) -> dict[str, Any]:
+    sku = stock(10)
+    view = finished(api, order_body({sku: 2}))
+    assert view["state"] == "COMPLETED"
+    return {**view, "sku": sku}
+
+
+@pytest.fixture
+def failed(api: httpx.Client, stock: Any) -> dict[str, Any]:
+    view = finished(api, order_body({stock(10): 1}, payment_method="pm_card_declined"))
+    assert view["state"] == "FAILED"
+    return view
+
+
+def test_sagas_as_they_really_end_have_no_violations(
+    tx: psycopg.Connection[Any], completed: dict[str, Any], failed: dict[str, Any]
+) -> None:
+    assert about(tx, completed["order_id"]) == []
+    assert about(tx, failed["order_id"]) == []
+    assert about(tx, completed["sku"]) == []
+
+
+def test_a_second_capture_is_a_duplicate(
+    tx: psycopg.Connection[Any], completed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """INSERT INTO payments.payments
+               (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
+           VALUES ('pay_x', 'x', %s, 100, 'pm_card_visa', 'captured')""",
+        (completed["order_id"],),
+    )
+    violations = about(tx, completed["order_id"])
+    assert any(v.startswith("duplicated: ") and "2 payments (2 captured)" in v for v in violations)
+    assert any(v.startswith("lost: ") and "COMPLETED but captured" in v for v in violations)
+
+
+def test_a_completed_order_without_its_shipment_lost_something(
+    tx: psycopg.Connection[Any], completed: dict[str, Any]
+) -> None:
+    tx.execute(
+        "UPDATE shipping.shipments SET status = 'cancelled' WHERE order_id = %s",
+        (completed["order_id"],),
+    )
+    (violation,) = about(tx, completed["order_id"])
+    assert violation.startswith("lost: ")
+    assert "COMPLETED but shipments ['cancelled']" in violation
+
+
+def test_a_failed_order_still_charged_lost_something(
+    tx: psycopg.Connection[Any], failed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """INSERT INTO payments.payments
+               (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
+           VALUES ('pay_y', 'y', %s, 100, 'pm_card_visa', 'captured')""",
+        (failed["order_id"],),
+    )
+    (violation,) = about(tx, failed["order_id"])
+    assert violation.startswith("lost: ")
+    assert "FAILED but payment still captured" in violation
+
+
+def test_stock_held_by_no_reservation_is_flagged(
+    tx: psycopg.Connection[Any], completed: dict[str, Any]
+) -> None:
+    tx.execute(
+        "UPDATE inventory.items SET reserved = reserved + 1 WHERE sku = %s", (completed["sku"],)
+    )
+    (violation,) = about(tx, completed["sku"])
+    assert violation.startswith("lost: database: ")
+    assert "3 reserved, but active reservations hold 2" in violation
+
+
+def test_a_saga_whose_workflow_returned_early_is_stuck(
+    tx: psycopg.Connection[Any], completed: dict[str, Any]
+) -> None:
+    tx.execute(
+        "UPDATE orders.orders SET state = 'PENDING' WHERE order_id = %s",
+        (completed["order_id"],),
+    )
+    violations = about(tx, completed["order_id"])
+    assert any(
+        v.startswith("stuck: ") and "PENDING, but its DBOS workflow has returned" in v
+        for v in violations
+    )
+
+
+def test_an_order_whose_saga_never_started_is_stuck(tx: psycopg.Connection[Any]) -> None:
+    tx.execute(
+        """INSERT INTO orders.orders
+               (order_id, saga_id, request, request_sha256, state, created_at)
+           VALUES ('never-started', 'no-such-workflow', '{"items": []}', '-', 'STARTED',
+                   now() - interval '2 minutes')"""
+    )
+    (violation,) = about(tx, "never-started")
+    assert violation.startswith("stuck: ")
+    assert "never started" in violation
+
+
+def test_make_audit_exits_nonzero_and_prints_each_violation(
+    completed: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "UPDATE notifications.notifications SET status = 'voided' WHERE order_id = %s",
+            (completed["order_id"],),
+        )
+    try:
+        code = main([])
+    finally:
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute(
+                "UPDATE notifications.notifications SET status = 'sent' WHERE order_id = %s",
+                (completed["order_id"],),
+            )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert f"lost: saga {completed['saga_id']} (order {completed['order_id']})" in out
+    assert "COMPLETED but notifications []" in out
+    assert "audit: " in out.splitlines()[-1]

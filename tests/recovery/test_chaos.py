@@ -1,0 +1,31 @@
+"""A short `make chaos` run in the suite: the service SIGKILLed twice and PostgreSQL crashed
+once under a mixed load, then nothing may be lost, done twice, stuck, or answered wrongly."""
+
+import tempfile
+from pathlib import Path
+
+from chaos.run import Config, run
+
+
+def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
+    config = Config(
+        seconds=24,
+        clients=3,
+        kill_gap=(6.0, 9.0),
+        db_crashes=1,
+        db_down=(3.0, 3.0),
+        workdir=Path(tempfile.mkdtemp(prefix="saga-chaos-test-")),
+    )
+
+    result = run(config)
+
+    print("\n".join([*result.problems[:30], *result.coverage_lines(), result.summary()]))
+    assert result.problems == []
+    assert result.clean
+    assert result.kills >= 2
+    assert result.db_restarts == 1
+    assert result.post_503 >= 1  # the database really was gone while clients were posting
+    assert result.sagas >= 50
+    assert set(result.coverage) >= {"visa", "declined", "cancel", "approve", "reject"}
+    assert result.states["COMPLETED"]
+    assert result.states["FAILED"]

@@ -1,0 +1,159 @@
+"""PostgreSQL itself dies (every server process SIGKILLed) under a running service, stays
+down for longer than all of a step's tries would last, and comes back: the service answers
+503 quickly meanwhile, never hangs, and every saga resumes and finishes exactly once."""
+
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from chaos.postgres import CrashablePostgres
+from orders.audit import audit
+from runtime.lifecycle import executor_lock_key
+from tests.recovery.conftest import wait_for_end, wait_until
+from tests.support.orders import assert_effects_match, order_body
+from tests.support.process import ServiceProcess
+
+DB_WAIT_SECONDS = 2.0
+DOWN_SECONDS = 8.0  # four times STEP_TIMEOUT_SECONDS
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[CrashablePostgres]:
+    """A server of the test's own: the suite's shared one must not be crashed."""
+    server = CrashablePostgres(Path(tempfile.mkdtemp(prefix="saga-outage-")))
+    server.start()
+    yield server
+    server.stop(delete=True)
+
+
+def test_a_database_crash_pauses_sagas_answers_503_and_loses_nothing(
+    own_postgres: CrashablePostgres, request: pytest.FixtureRequest
+) -> None:
+    service = ServiceProcess(
+        own_postgres.url,
+        PARTICIPANT_LATENCY_MS="400",
+        STEP_ATTEMPTS="1",  # one failed try would make the saga compensate
+        STEP_TIMEOUT_SECONDS="2",  # a step waits at most this for a connection to a service
+        RETRY_BACKOFF_SECONDS="0.1",
+        DB_WAIT_SECONDS=str(DB_WAIT_SECONDS),
+        LOG_LEVEL="WARNING",
+        SEED_DEMO_CATALOG="false",
+    )
+    try:
+        _crash_the_database_under_load(own_postgres, service)
+    except BaseException:
+        print(f"--- service log ({service.log}) ---\n{service.tail(120)}")
+        raise
+    finally:
+        service.stop()
+
+
+def _crash_the_database_under_load(pg: CrashablePostgres, service: ServiceProcess) -> None:
+    service.start()
+    client = httpx.Client(base_url=service.url, timeout=30)
+    client.put("/inventory/WIDGET", json={"available": 20, "price_cents": 500})
+    bodies = [order_body({"WIDGET": 1}) for _ in range(6)]
+    for body in bodies:
+        assert client.post("/orders", json=body).status_code == 202
+    sql = psycopg.connect(pg.url, autocommit=True)
+    in_flight = "SELECT count(*) FROM orders.orders WHERE state = 'PENDING'"
+    wait_until(lambda: sql.execute(in_flight).fetchone() == (6,), "six sagas mid-way")
+    pid = service.pid
+    sql.close()
+
+    pg.crash()
+    down_since = time.monotonic()
+
+    late = order_body({"WIDGET": 1})
+    for call in (
+        lambda: client.post("/orders", json=late, headers={"Idempotency-Key": "late-1"}),
+        lambda: client.get(f"/orders/{bodies[0]['order_id']}"),
+        lambda: client.get("/healthz"),
+        lambda: client.post(f"/orders/{bodies[0]['order_id']}/cancel"),
+    ):
+        started = time.monotonic()
+        response = call()
+        took = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        assert took < DB_WAIT_SECONDS + 3, f"{response.request.url} took {took:.1f} s"
+        assert "database" in response.json()["detail"]
+        assert response.headers["Retry-After"]
+    time.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - down_since)))
+    assert service.pid == pid
+    assert service.running(), "the service died with its database"
+
+    pg.start_again()
+
+    # The same key after the outage: accepted now, once.
+    response = client.post("/orders", json=late, headers={"Idempotency-Key": "late-1"})
+    assert response.status_code == 202, response.text
+    views = [wait_for_end(service.url, body["order_id"]) for body in [*bodies, late]]
+    with psycopg.connect(pg.url, autocommit=True) as sql:
+        for view in views:
+            # COMPLETED, not FAILED: an outage is waited out, it never uses up a step's tries.
+            assert view["state"] == "COMPLETED", view
+            assert_effects_match(sql, view)
+        assert sql.execute("SELECT on_hand - reserved FROM inventory.items").fetchone() == (13,)
+        # The service holds its executor id again (the crash dropped the lock with the session).
+        wait_until(
+            lambda: _executor_lock_held(pg.url, "local"), "executor id locked again", timeout=15
+        )
+        report = audit(sql, executor_lock_key(""))
+    assert report.violations == []
+    assert report.states == {"COMPLETED": 7}
+
+
+def _executor_lock_held(url: str, executor_id: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            """SELECT count(*) FROM pg_locks
+                WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                  AND objid::bigint = hashtextextended(%s, 0) & 4294967295""",
+            (executor_lock_key(executor_id),),
+        ).fetchone()
+    return row == (1,)
+
+
+def test_the_audit_flags_a_pending_saga_with_no_live_process(
+    own_postgres: CrashablePostgres,
+) -> None:
+    service = ServiceProcess(
+        own_postgres.url, PARTICIPANT_LATENCY_MS="2000", LOG_LEVEL="WARNING",
+        SEED_DEMO_CATALOG="false",
+    )  # fmt: skip
+    try:
+        service.start()
+        client = httpx.Client(base_url=service.url, timeout=30)
+        client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 500})
+        body = order_body({"WIDGET": 1})
+        assert client.post("/orders", json=body).status_code == 202
+        with psycopg.connect(own_postgres.url, autocommit=True) as sql:
+            running = "SELECT state FROM orders.orders WHERE order_id = %s"
+            wait_until(
+                lambda: sql.execute(running, (body["order_id"],)).fetchone() == ("PENDING",),
+                "the saga running",
+            )
+            assert audit(sql, executor_lock_key("")).violations == []
+
+            service.kill()
+            wait_until(
+                lambda: not _executor_lock_held(own_postgres.url, "local"), "the lock released"
+            )
+            violations = audit(sql, executor_lock_key("")).violations
+
+            service.start(PARTICIPANT_LATENCY_MS="0")
+            view = wait_for_end(service.url, body["order_id"])
+            after = audit(sql, executor_lock_key("")).violations
+    finally:
+        service.stop()
+    assert len(violations) == 1
+    assert body["order_id"] in violations[0]
+    assert violations[0].startswith("stuck: ")
+    assert "no live process holds 'local'" in violations[0]
+    assert view["state"] == "COMPLETED"
+    assert after == []
