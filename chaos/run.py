@@ -46,6 +46,8 @@ SERVICE_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 OPERATIONS = (*FORWARD_STEPS, *COMPENSATION_OF)
+MIN_SECONDS_FOR_COVERAGE = 60
+CLIENT_TIMEOUT = 15.0  # no call may take longer: the API answers 503 within DB_WAIT_SECONDS
 SKUS = {f"CHAOS-{c}": 1_000_000 for c in "ABCDE"}
 SCARCE = "CHAOS-SCARCE"  # runs out during the run: later orders for it fail to reserve
 BIG = "CHAOS-TURBINE"  # one of these costs more than the approval threshold
@@ -119,10 +121,11 @@ class Result:
     slowest_503: float
     workdir: Path
     coverage: dict[str, Counter[str]] = field(default_factory=dict)
+    unexercised: list[str] = field(default_factory=list)  # kinds of order never placed
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.stuck or self.wrong)
+        return not (self.lost or self.duplicated or self.stuck or self.wrong or self.unexercised)
 
     def coverage_lines(self) -> list[str]:
         """What the run exercised: each kind of order and how its sagas ended."""
@@ -138,6 +141,7 @@ class Result:
             f"{self.db_restarts} database restarts, {self.lost} lost, "
             f"{self.duplicated} duplicated, {self.stuck} stuck, {self.wrong} wrong outcomes; "
             f"{self.posts} POSTs, {self.post_503} answered 503 (slowest {self.slowest_503:.1f} s)"
+            + (f"; never exercised: {', '.join(self.unexercised)}" if self.unexercised else "")
         )
 
 
@@ -157,6 +161,7 @@ class Shared:
     kills: int = 0
     db_restarts: int = 0
     faults_down: set[str] = field(default_factory=set)
+    must_fail: set[str] = field(default_factory=set)  # a cancel or a reject was accepted
 
     def problem(self, text: str) -> None:
         with self.lock:
@@ -191,15 +196,19 @@ def run(config: Config) -> Result:
         for thread in threads:
             thread.start()
         _disrupt(shared, pg, config, started)
+        _check_alive(shared)
         shared.stop_load.set()
         for thread in threads:
             thread.join(timeout=120)
         log("chaos: load stopped; repairing every fault and letting every saga finish")
         _repair_all(service.url)
         states = _drain(shared, url, config.drain_seconds)
+        _check_alive(shared)
         with psycopg.connect(url, autocommit=True) as conn:
             report = audit(conn, executor_lock_key(""))
             result = _result(shared, conn, report, states, time.monotonic() - started, workdir)
+        if config.seconds >= MIN_SECONDS_FOR_COVERAGE:  # long enough to place every kind
+            result.unexercised = sorted(set(KINDS) - set(result.coverage))
     finally:
         service.stop()
         keep = config.keep or result is None or not result.clean
@@ -215,11 +224,17 @@ def _environment_without_knobs() -> dict[str, str]:
 
 
 def _stock_up(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT) as client:
         for sku, count in SKUS.items():
-            client.put(f"/inventory/{sku}", json={"available": count, "price_cents": 1500})
-        client.put(f"/inventory/{SCARCE}", json={"available": 25, "price_cents": 900})
-        client.put(f"/inventory/{BIG}", json={"available": 1_000_000, "price_cents": 150_000})
+            client.put(
+                f"/inventory/{sku}", json={"available": count, "price_cents": 1500}
+            ).raise_for_status()
+        client.put(
+            f"/inventory/{SCARCE}", json={"available": 25, "price_cents": 900}
+        ).raise_for_status()
+        client.put(
+            f"/inventory/{BIG}", json={"available": 1_000_000, "price_cents": 150_000}
+        ).raise_for_status()
 
 
 # --- the workload ------------------------------------------------------------------------
@@ -260,7 +275,7 @@ def _client(shared: Shared, number: int) -> None:
     """Places orders until the load stops; each is POSTed until the API answers it."""
     rng = random.Random(shared.rng.random())
     kinds, weights = zip(*((k, w) for k, (w, _) in KINDS.items()), strict=True)
-    with httpx.Client(base_url=shared.service.url, timeout=30) as client:
+    with httpx.Client(base_url=shared.service.url, timeout=CLIENT_TIMEOUT) as client:
         while not shared.stop_load.is_set():
             kind = rng.choices(kinds, weights)[0]
             key = f"chaos-{uuid.uuid4().hex}"
@@ -288,7 +303,10 @@ def _post_until_answered(
         started = time.monotonic()
         try:
             response = client.post("/orders", json=body, headers={"Idempotency-Key": key})
-        except httpx.HTTPError:  # the service is down (killed): try again
+        except httpx.TimeoutException:
+            shared.problem(f"hung: POST /orders (key {key}) had no answer in {CLIENT_TIMEOUT} s")
+            continue
+        except httpx.TransportError:  # the service is down (killed): try again
             time.sleep(0.2)
             continue
         took = time.monotonic() - started
@@ -312,13 +330,19 @@ def _control(shared: Shared, client: httpx.Client, order_id: str, action: str) -
     while True:
         try:
             response = client.post(f"/orders/{order_id}/{action}")
-        except httpx.HTTPError:
+        except httpx.TimeoutException:
+            shared.problem(f"hung: {action} {order_id} had no answer in {CLIENT_TIMEOUT} s")
+            continue
+        except httpx.TransportError:  # the service is down (killed): try again
             time.sleep(0.2)
             continue
         if response.status_code == 503:
             time.sleep(0.2)
             continue
-        if response.status_code not in (202, 409):
+        if response.status_code == 202 and action in ("cancel", "reject"):
+            with shared.lock:
+                shared.must_fail.add(order_id)  # accepted: it can never end COMPLETED
+        elif response.status_code not in (202, 409):
             shared.problem(f"{action} {order_id} answered {response.status_code}")
         return
 
@@ -326,7 +350,7 @@ def _control(shared: Shared, client: httpx.Client, order_id: str, action: str) -
 def _approver(shared: Shared) -> None:
     """Decides the orders waiting for approval as their kind says (or lets them time out)."""
     decided: set[str] = set()
-    with httpx.Client(base_url=shared.service.url, timeout=30) as client:
+    with httpx.Client(base_url=shared.service.url, timeout=CLIENT_TIMEOUT) as client:
         while not shared.stop_load.is_set():
             time.sleep(0.3)
             try:
@@ -354,7 +378,7 @@ def _approver(shared: Shared) -> None:
 def _fault_flipper(shared: Shared, config: Config) -> None:
     """Takes a random operation down (or makes it slow) for a while, again and again."""
     rng = random.Random(shared.rng.random())
-    with httpx.Client(base_url=shared.service.url, timeout=30) as client:
+    with httpx.Client(base_url=shared.service.url, timeout=CLIENT_TIMEOUT) as client:
         while not shared.stop_load.wait(rng.uniform(*config.fault_gap)):
             operation = rng.choice(OPERATIONS)
             slow = rng.random() < 0.25
@@ -382,7 +406,7 @@ def _put_fault(client: httpx.Client, operation: str, switch: dict[str, Any]) -> 
 
 def _operator(shared: Shared) -> None:
     """Now and then retries the compensations of parked sagas, as an operator would."""
-    with httpx.Client(base_url=shared.service.url, timeout=30) as client:
+    with httpx.Client(base_url=shared.service.url, timeout=CLIENT_TIMEOUT) as client:
         while not shared.stop_load.wait(5.0):
             for order_id in _parked(client):
                 _control(shared, client, order_id, "retry-compensation")
@@ -419,6 +443,7 @@ def _disrupt(shared: Shared, pg: CrashablePostgres, config: Config, started: flo
             pg.start_again()
             shared.db_restarts += 1
         elif elapsed >= next_kill:
+            _check_alive(shared)
             shared.service.kill()
             shared.kills += 1
             time.sleep(rng.uniform(0, 1.0))
@@ -437,6 +462,15 @@ def _disrupt(shared: Shared, pg: CrashablePostgres, config: Config, started: flo
         time.sleep(0.1)
 
 
+def _check_alive(shared: Shared) -> None:
+    """The service must only ever die by our hand: an exit of its own is a problem."""
+    if not shared.service.running():
+        shared.problem(
+            f"died: the service exited by itself (code {shared.service.returncode}):\n"
+            + shared.service.tail(30)
+        )
+
+
 def _restart(service: ServiceProcess) -> None:
     for attempt in itertools.count(1):
         try:
@@ -450,7 +484,7 @@ def _restart(service: ServiceProcess) -> None:
 
 
 def _repair_all(base_url: str) -> None:
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT) as client:
         for operation in OPERATIONS:
             client.put(f"/faults/{operation}", json={"down": False}).raise_for_status()
 
@@ -485,12 +519,15 @@ def _result(
     workdir: Path,
 ) -> Result:
     stored = dict(conn.execute("SELECT order_id, state FROM orders.orders").fetchall())
+    with shared.lock:
+        placed_orders = dict(shared.placed)
+        must_fail = set(shared.must_fail)
     coverage: dict[str, Counter[str]] = {}
     for order_id, parked, cancelled, decision in conn.execute(
         """SELECT order_id, parked_count > 0, cancel_requested_at IS NOT NULL, decision
              FROM orders.orders"""
     ):
-        placed_kind = shared.placed[order_id].kind if order_id in shared.placed else "unknown"
+        placed_kind = placed_orders[order_id].kind if order_id in placed_orders else "unknown"
         ends = coverage.setdefault(placed_kind, Counter())
         ends[stored[order_id]] += 1
         ends["parked, then retried"] += parked
@@ -503,7 +540,11 @@ def _result(
         p.startswith("duplicated") for p in shared.problems
     )
     wrong = sum(not p.startswith("duplicated") for p in shared.problems)  # answers not allowed
-    for order_id, placed in shared.placed.items():
+    for order_id in sorted(set(stored) - set(placed_orders)):
+        if stored[order_id] not in TERMINAL_STATES:  # stored, never answered: still counted
+            stuck.add(order_id)
+            problems.append(f"stuck: order {order_id} (never answered) is {stored[order_id]}")
+    for order_id, placed in placed_orders.items():
         state = stored.get(order_id)
         if state is None:
             lost.add(order_id)
@@ -511,7 +552,7 @@ def _result(
         elif state not in TERMINAL_STATES:
             stuck.add(order_id)
             problems.append(f"stuck: order {order_id} ({placed.kind}) is still {state}")
-        elif state == "COMPLETED" and not KINDS[placed.kind][1]:
+        elif state == "COMPLETED" and (not KINDS[placed.kind][1] or order_id in must_fail):
             wrong += 1
             problems.append(f"wrong: order {order_id} ({placed.kind}) ended COMPLETED")
     return Result(

@@ -91,6 +91,10 @@ class ServiceProcess:
         assert self._proc is not None
         return self._proc.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

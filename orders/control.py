@@ -90,13 +90,16 @@ def retry_compensation(conn: Conn, order_id: str) -> Wake:
     return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")  # one per time it parked
 
 
-def unsent_wakes(conn: Conn) -> list[Wake]:
-    """Wake-ups for requests settled in a row whose saga may not have heard of them (the
-    process died between the two). Sending them again is harmless: they have their keys."""
+def unsent_wakes(conn: Conn, min_age_seconds: float = 0.0) -> list[Wake]:
+    """Wake-ups for requests settled in a row (at least `min_age_seconds` ago) whose saga
+    may not have heard of them (the process died, or the database went away, between the
+    two). Sending them again is harmless: they have their keys."""
     rows = conn.execute(
         """SELECT saga_id, decision IS NOT NULL FROM orders.orders
             WHERE state = 'AWAITING_APPROVAL'
-              AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)"""
+              AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)
+              AND updated_at <= now() - make_interval(secs => %s)""",
+        (min_age_seconds,),
     ).fetchall()
     return [
         _decision_wake(saga_id) if decided else _cancel_wake(saga_id) for saga_id, decided in rows

@@ -49,13 +49,17 @@ def place(conn: Conn, request: dict[str, Any], idempotency_key: str | None) -> P
     return _stored_placement(conn, order["order_id"], idempotency_key, fingerprint)
 
 
-def unstarted(conn: Conn) -> list[tuple[str, Order]]:
-    """(saga_id, order) of stored orders whose saga was never created (a crash in between)."""
+def unstarted(conn: Conn, min_age_seconds: float = 0.0) -> list[tuple[str, Order]]:
+    """(saga_id, order) of stored orders whose saga was never created (a crash or an outage
+    in between), stored at least `min_age_seconds` ago."""
     rows = conn.execute(
         """SELECT o.saga_id, o.request FROM orders.orders o
-            WHERE o.state = 'STARTED' AND NOT EXISTS
+            WHERE o.state = 'STARTED'
+              AND o.created_at <= now() - make_interval(secs => %s)
+              AND NOT EXISTS
                   (SELECT 1 FROM dbos.workflow_status w WHERE w.workflow_uuid = o.saga_id)
-            ORDER BY o.created_at"""
+            ORDER BY o.created_at""",
+        (min_age_seconds,),
     ).fetchall()
     return [(saga_id, cast(Order, request)) for saga_id, request in rows]
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
@@ -26,7 +26,17 @@ _url: str | None = None
 IDLE_CHECK_SECONDS = 1.0  # a pooled connection idle this long is checked before reuse
 PROBE_TIMEOUT_SECONDS = 2
 MAX_PAUSE_SECONDS = 5.0
-RECONNECT_SECONDS = 5.0  # the longest wait between two probes while the database is down
+RECONNECT_SECONDS = 5.0
+# Every connection gives up on a dead server or a broken network path within seconds, instead
+# of waiting for TCP's defaults (hours): connecting, and noticing a silent peer.
+LIVENESS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 20_000,
+}  # the longest wait between two probes while the database is down
 
 
 class RuntimeStopped(BaseException):
@@ -64,7 +74,7 @@ def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
         url,
         min_size=1,
         max_size=size,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **LIVENESS},
         timeout=30,
         # A failed reconnection is retried with doubling waits; cap them, so that the pool
         # is whole again within seconds of a database outage ending, not minutes.
@@ -72,7 +82,6 @@ def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
         name="app",
         configure=lambda conn: _configure(conn, statement_timeout_seconds),
         check=_check_if_idle,
-        reset=_mark_returned,
         open=False,
     )
     _pool.open(wait=True, timeout=30)
@@ -87,10 +96,6 @@ def _configure(conn: Connection, timeout_seconds: float) -> None:
 # knowing; one in steady use has just proved itself. Checking only the idle ones keeps the
 # round trip off the busy path.
 _returned_at: dict[int, float] = {}
-
-
-def _mark_returned(conn: Connection) -> None:
-    _returned_at[id(conn)] = time.monotonic()
 
 
 def _check_if_idle(conn: Connection) -> None:
@@ -121,6 +126,7 @@ def connection(timeout: float | None = None) -> Iterator[Connection]:
     try:
         with pool.connection(timeout=timeout) as conn:
             yield conn
+            _returned_at[id(conn)] = time.monotonic()  # it just worked
     except PoolClosed as error:
         raise RuntimeStopped("the database pool is closed") from error
     except PoolTimeout as error:
@@ -147,7 +153,9 @@ def reachable() -> bool:
     if _url is None:
         return False
     try:
-        with psycopg.connect(_url, connect_timeout=PROBE_TIMEOUT_SECONDS) as conn:
+        with psycopg.connect(
+            _url, **{**LIVENESS, "connect_timeout": PROBE_TIMEOUT_SECONDS}
+        ) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error:
         return False
@@ -176,6 +184,9 @@ def outlasting_outages(work: Callable[P, T]) -> Callable[P, T]:
                         raise
                     continue
                 _wait_until_reachable()
+                pool = _pool
+                if pool is not None:
+                    pool.check()  # drop the connections the outage broke, all at once
 
     return paused_while_down
 

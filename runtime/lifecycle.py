@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "order-saga"
 
-_executor_lock: psycopg.Connection[tuple[object, ...]] | None = None
-_keeper_stop = threading.Event()
 KEEPER_INTERVAL_SECONDS = 2.0
+SWEEP_INTERVAL_SECONDS = 10.0
+_keeper: "ExecutorLock | None" = None
 
 
 class ExecutorIdInUse(RuntimeError):
@@ -54,26 +54,21 @@ def start(settings: Settings) -> None:
                 log.info("demo catalog stored")
     DBOS(config=dbos_config(url, settings))
     DBOS.launch()
-    with database.connection() as conn:
-        orphans = intake.unstarted(conn)
-        wakes = control.unsent_wakes(conn)
-    for saga_id, order in orphans:
-        order_fulfillment.start(saga_id, order)
-    if orphans:
-        log.info("started %d stored orders whose saga had never been created", len(orphans))
-    for wake in wakes:
-        order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
+    sweep()
+    if _keeper is not None:
+        _keeper.start_keeping()
 
 
 def stop() -> None:
     """Stop DBOS and close the pool. Unfinished sagas stay PENDING for the next start."""
-    global _executor_lock
-    _keeper_stop.set()
+    global _keeper
+    keeper, _keeper = _keeper, None
+    if keeper is not None:
+        keeper.stop_keeping()  # no sweep may start while DBOS is being destroyed
     DBOS.destroy()  # first: a step still running can then no longer record anything
     database.close_pool()
-    if _executor_lock is not None:
-        _executor_lock.close()
-        _executor_lock = None
+    if keeper is not None:
+        keeper.release()
     embedded.release()
 
 
@@ -85,32 +80,9 @@ def _hold_executor_id(url: str, executor_id: str, wait_seconds: float) -> None:
     SIGKILL; a restart right after a kill waits a moment for the server to notice. A restart
     of the database drops it too, so a keeper thread takes it again once the database is back.
     """
-    global _executor_lock
-    _executor_lock = _lock_executor_id(url, executor_id, wait_seconds)
-    _keeper_stop.clear()
-    keeper = threading.Thread(
-        target=_keep_executor_id, args=(url, executor_id), name="executor-id-keeper", daemon=True
-    )
-    keeper.start()
-
-
-def _lock_executor_id(
-    url: str, executor_id: str, wait_seconds: float
-) -> psycopg.Connection[tuple[object, ...]]:
-    conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
-        url, autocommit=True, connect_timeout=5
-    )
-    deadline = time.monotonic() + wait_seconds
-    query = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-    while conn.execute(query, (executor_lock_key(executor_id),)).fetchone() != (True,):
-        if time.monotonic() > deadline:
-            conn.close()
-            raise ExecutorIdInUse(
-                f"executor id {executor_id!r} is in use by another live process on this "
-                "database; stop it, or give this process its own EXECUTOR_ID"
-            )
-        time.sleep(0.2)
-    return conn
+    global _keeper
+    _keeper = ExecutorLock(url, executor_id)
+    _keeper.acquire(wait_seconds)
 
 
 def executor_lock_key(executor_id: str) -> str:
@@ -118,29 +90,136 @@ def executor_lock_key(executor_id: str) -> str:
     return f"dbos-executor:{executor_id}"
 
 
-def _keep_executor_id(url: str, executor_id: str) -> None:
-    """Every few seconds, make sure the lock is still held; after a database restart, take
-    it again. If another process took the id in between, this one stops at once: two live
-    processes with one executor id would run the same sagas (killing it loses nothing)."""
-    global _executor_lock
-    while not _keeper_stop.wait(KEEPER_INTERVAL_SECONDS):
-        conn = _executor_lock
+class ExecutorLock:
+    """The lock on this process's executor id, and the thread that keeps it and sweeps.
+
+    Every KEEPER_INTERVAL_SECONDS the thread checks the lock's connection; when it was lost
+    (a database restart) it takes the lock again. Every SWEEP_INTERVAL_SECONDS it also
+    starts stored orders whose saga was never created and re-sends wake-ups a waiting saga
+    may have missed: a request answered 503 in an outage, whose client never came back,
+    must not wait for the next restart.
+    """
+
+    def __init__(self, url: str, executor_id: str) -> None:
+        self.url = url
+        self.executor_id = executor_id
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._backend_pid: int | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, wait_seconds: float) -> None:
+        self._lock(wait_seconds)
+
+    def start_keeping(self) -> None:
+        self._thread = threading.Thread(target=self._keep, name="executor-keeper", daemon=True)
+        self._thread.start()
+
+    def stop_keeping(self) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def release(self) -> None:
+        self.stop_keeping()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _lock(self, wait_seconds: float) -> None:
+        key = executor_lock_key(self.executor_id)
+        conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
+            self.url, autocommit=True, **database.LIVENESS
+        )
+        deadline = time.monotonic() + wait_seconds
+        query = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+        while conn.execute(query, (key,)).fetchone() != (True,):
+            if self._backend_pid is not None and self._end_own_stale_session(conn, key):
+                continue
+            if time.monotonic() > deadline or self._stopping.is_set():
+                conn.close()
+                raise ExecutorIdInUse(
+                    f"executor id {self.executor_id!r} is in use by another live process on "
+                    "this database; stop it, or give this process its own EXECUTOR_ID"
+                )
+            time.sleep(0.2)
+        self._backend_pid = conn.info.backend_pid
+        self._conn = conn
+
+    def _end_own_stale_session(
+        self, conn: psycopg.Connection[tuple[object, ...]], key: str
+    ) -> bool:
+        """The lock may still be held by this process's own old session, cut off from us
+        (a broken network path) but not yet noticed by the server: end that session."""
+        row = conn.execute(
+            """SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = %s
+                  AND l.classid::bigint = (hashtextextended(%s, 0) >> 32) & 4294967295
+                  AND l.objid::bigint = hashtextextended(%s, 0) & 4294967295""",
+            (self._backend_pid, key, key),
+        ).fetchone()
+        if row is None:
+            return False
+        log.warning("ended this process's stale session holding executor id %r", self.executor_id)
+        time.sleep(0.2)
+        return True
+
+    def _keep(self) -> None:
+        since_sweep = 0.0
+        while not self._stopping.wait(KEEPER_INTERVAL_SECONDS):
+            if not self._still_held():
+                self._take_again()
+            since_sweep += KEEPER_INTERVAL_SECONDS
+            if since_sweep >= SWEEP_INTERVAL_SECONDS and not self._stopping.is_set():
+                since_sweep = 0.0
+                try:
+                    sweep(min_age_seconds=SWEEP_INTERVAL_SECONDS)
+                except Exception:  # the database may be down again: next round
+                    log.warning("sweep failed; trying again later", exc_info=True)
+
+    def _still_held(self) -> bool:
+        conn = self._conn
         if conn is None:
-            return
+            return False
         try:
             conn.execute("SELECT 1")
-            continue
+            return True
         except psycopg.Error:
-            log.warning("lost the lock on executor id %r (database restarted?)", executor_id)
-        conn.close()
-        while not _keeper_stop.is_set():
+            log.warning("lost the lock on executor id %r (database restarted?)", self.executor_id)
+            conn.close()
+            self._conn = None
+            return False
+
+    def _take_again(self) -> None:
+        """If another process took the id in between, this one stops at once: two live
+        processes with one executor id would run the same sagas (killing it loses nothing)."""
+        while not self._stopping.is_set():
             try:
-                _executor_lock = _lock_executor_id(url, executor_id, KEEPER_INTERVAL_SECONDS * 5)
-                log.warning("holding executor id %r again", executor_id)
-                break
+                self._lock(KEEPER_INTERVAL_SECONDS * 5)
+                log.warning("holding executor id %r again", self.executor_id)
+                return
             except ExecutorIdInUse:
-                log.critical("executor id %r was taken by another process: exiting", executor_id)
+                if self._stopping.is_set():
+                    return
+                log.critical(
+                    "executor id %r was taken by another process: exiting", self.executor_id
+                )
                 logging.shutdown()
                 os._exit(70)
             except psycopg.Error:
-                _keeper_stop.wait(KEEPER_INTERVAL_SECONDS)  # the database is not back yet
+                self._stopping.wait(KEEPER_INTERVAL_SECONDS)  # the database is not back yet
+
+
+def sweep(min_age_seconds: float = 0.0) -> None:
+    """Start every stored order whose saga was never created, and re-send the wake-ups of
+    settled requests a waiting saga may not have heard of (both idempotent), if older than
+    `min_age_seconds` (younger ones are still being handled by their request)."""
+    with database.connection() as conn:
+        orphans = intake.unstarted(conn, min_age_seconds)
+        wakes = control.unsent_wakes(conn, min_age_seconds)
+    for saga_id, order in orphans:
+        order_fulfillment.start(saga_id, order)
+    if orphans:
+        log.info("started %d stored orders whose saga had never been created", len(orphans))
+    for wake in wakes:
+        order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
