@@ -4,10 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: run test psql audit chaos lint format lock clean
+.PHONY: run api worker cluster test psql audit chaos lint format lock clean
 
 run: $(VENV)/.synced
 	$(PY) -m api
+
+# Split mode: API processes that only enqueue, and workers that run the sagas (README).
+api: $(VENV)/.synced
+	PROCESS_ROLE=api $(PY) -m api
+
+worker: $(VENV)/.synced
+	@test -n "$(ID)" || { echo "usage: make worker ID=w1 (a unique, stable executor id)"; exit 2; }
+	PROCESS_ROLE=worker EXECUTOR_ID=$(ID) PORT=$(or $(PORT),0) $(PY) -m api
+
+cluster: $(VENV)/.synced
+	WORKERS=$(or $(WORKERS),2) $(PY) -m runtime.cluster
 
 test: $(VENV)/.synced
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,11 +2,12 @@
 
 import logging
 import os
+import socket
 import threading
 import time
 
 import psycopg
-from dbos import DBOS, DBOSConfig, DBOSPortableJSONSerializer
+from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
 from orders import control, intake
 from runtime import database, embedded, seed
@@ -20,7 +21,9 @@ APP_NAME = "order-saga"
 
 KEEPER_INTERVAL_SECONDS = 2.0
 SWEEP_INTERVAL_SECONDS = 10.0
+TAKEOVER_CHECK_SECONDS = 5.0
 _keeper: "ExecutorLock | None" = None
+_client: DBOSClient | None = None  # an API-only process's way to the queue
 
 
 class ExecutorIdInUse(RuntimeError):
@@ -41,31 +44,54 @@ def dbos_config(url: str, settings: Settings) -> DBOSConfig:
 
 
 def start(settings: Settings) -> None:
-    """Migrate, open the pool, seed, launch DBOS (recovering this executor's sagas), start
-    any stored order whose saga was never created, and re-send wake-ups a crash may have
-    kept from a waiting saga."""
+    """Migrate, open the pool, seed; then, by PROCESS_ROLE:
+
+    - all, worker: launch DBOS (recovering this executor's sagas) and run SAGA_QUEUE; start
+      any stored order whose saga was never created, re-send wake-ups a crash may have kept
+      from a waiting saga, and keep doing so, and take over the sagas of dead workers;
+    - api: run no saga; sagas are put on SAGA_QUEUE through a DBOS client.
+    """
+    global _client
     url = database.resolve_url(settings)
-    _hold_executor_id(url, settings.executor_id, settings.executor_lock_wait_seconds)
+    runs_sagas = settings.process_role != "api"
+    if runs_sagas:
+        _hold_executor_id(url, settings.executor_id, settings.executor_lock_wait_seconds)
     migrate(url)  # before launch: recovery runs steps that need our tables
     database.open_pool(url, settings.db_pool_size, settings.step_timeout_seconds)
     if settings.seed_demo_catalog:
         with database.connection() as conn:
             if seed.seed_demo_catalog(conn):
                 log.info("demo catalog stored")
+    if not runs_sagas:
+        _client = DBOSClient(
+            system_database_url=url,
+            serializer=DBOSPortableJSONSerializer(),
+            application_name=APP_NAME,
+        )
+        order_fulfillment.enqueue_only(_client)
+        return
     DBOS(config=dbos_config(url, settings))
     DBOS.launch()
+    DBOS.register_queue(
+        order_fulfillment.SAGA_QUEUE, worker_concurrency=settings.worker_concurrency
+    )
     sweep()
     if _keeper is not None:
-        _keeper.start_keeping()
+        _keeper.start_keeping(settings)
 
 
 def stop() -> None:
     """Stop DBOS and close the pool. Unfinished sagas stay PENDING for the next start."""
-    global _keeper
+    global _keeper, _client
     keeper, _keeper = _keeper, None
+    client, _client = _client, None
     if keeper is not None:
         keeper.stop_keeping()  # no sweep may start while DBOS is being destroyed
-    DBOS.destroy()  # first: a step still running can then no longer record anything
+    if client is not None:
+        order_fulfillment.enqueue_only(None)
+        client.destroy()
+    else:
+        DBOS.destroy()  # first: a step still running can then no longer record anything
     database.close_pool()
     if keeper is not None:
         keeper.release()
@@ -107,11 +133,15 @@ class ExecutorLock:
         self._backend_pid: int | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settings: Settings | None = None
+        self._held_since = time.monotonic()  # since when the lock has been held without a gap
 
     def acquire(self, wait_seconds: float) -> None:
         self._lock(wait_seconds)
 
-    def start_keeping(self) -> None:
+    def start_keeping(self, settings: Settings) -> None:
+        self._settings = settings
+        self._heartbeat()
         self._thread = threading.Thread(target=self._keep, name="executor-keeper", daemon=True)
         self._thread.start()
 
@@ -145,6 +175,7 @@ class ExecutorLock:
             time.sleep(0.2)
         self._backend_pid = conn.info.backend_pid
         self._conn = conn
+        self._held_since = time.monotonic()
 
     def _end_own_stale_session(
         self, conn: psycopg.Connection[tuple[object, ...]], key: str
@@ -165,24 +196,90 @@ class ExecutorLock:
         return True
 
     def _keep(self) -> None:
-        since_sweep = 0.0
+        since_sweep = since_takeover = 0.0
         while not self._stopping.wait(KEEPER_INTERVAL_SECONDS):
             if not self._still_held():
                 self._take_again()
             since_sweep += KEEPER_INTERVAL_SECONDS
-            if since_sweep >= SWEEP_INTERVAL_SECONDS and not self._stopping.is_set():
-                since_sweep = 0.0
-                try:
+            since_takeover += KEEPER_INTERVAL_SECONDS
+            try:
+                if since_sweep >= SWEEP_INTERVAL_SECONDS and not self._stopping.is_set():
+                    since_sweep = 0.0
                     sweep(min_age_seconds=SWEEP_INTERVAL_SECONDS)
-                except Exception:  # the database may be down again: next round
-                    log.warning("sweep failed; trying again later", exc_info=True)
+                if since_takeover >= TAKEOVER_CHECK_SECONDS and not self._stopping.is_set():
+                    since_takeover = 0.0
+                    self._take_over_dead_executors()
+            except Exception:  # the database may be down again: next round
+                log.warning("housekeeping failed; trying again later", exc_info=True)
+
+    def _heartbeat(self) -> None:
+        """Written on the lock's own connection: a heartbeat means the lock is held."""
+        assert self._conn is not None
+        role = self._settings.process_role if self._settings else "all"
+        self._conn.execute(
+            """INSERT INTO orders.executors
+                   (executor_id, role, host, pid, started_at, heartbeat_at)
+               VALUES (%s, %s, %s, %s, now(), now())
+               ON CONFLICT (executor_id) DO UPDATE
+                  SET heartbeat_at = now(), role = EXCLUDED.role, host = EXCLUDED.host,
+                      pid = EXCLUDED.pid,
+                      started_at = CASE WHEN orders.executors.pid = EXCLUDED.pid
+                                        THEN orders.executors.started_at ELSE now() END""",
+            (self.executor_id, role, socket.gethostname(), os.getpid()),
+        )
+
+    def _take_over_dead_executors(self) -> None:
+        """Resume the unfinished sagas of executors that are gone: their heartbeat is older
+        than TAKEOVER_AFTER_SECONDS and nobody holds their executor-id lock. This process
+        must itself have held its lock that long without a gap (after a database restart,
+        live workers need a moment to take their locks again). The resumed sagas go back on
+        the queue, for whichever process dequeues them first; their steps are idempotent."""
+        settings = self._settings
+        if settings is None:
+            return
+        after = settings.takeover_after_seconds
+        if time.monotonic() - self._held_since < after:
+            return
+        with database.connection() as conn:
+            candidates = conn.execute(
+                """SELECT DISTINCT w.executor_id FROM dbos.workflow_status w
+                     LEFT JOIN orders.executors e ON e.executor_id = w.executor_id
+                    WHERE w.status = 'PENDING' AND w.application_version = %s
+                      AND w.executor_id <> %s
+                      AND (e.heartbeat_at IS NULL
+                           OR e.heartbeat_at < now() - make_interval(secs => %s))""",
+                (settings.application_version, self.executor_id, after),
+            ).fetchall()
+        for (executor_id,) in candidates:
+            self._take_over(str(executor_id), settings.application_version)
+
+    def _take_over(self, executor_id: str, version: str) -> None:
+        with psycopg.connect(self.url, autocommit=True, **database.LIVENESS) as probe:
+            taken = probe.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                (executor_lock_key(executor_id),),
+            ).fetchone()
+            if taken != (True,):
+                return  # its process is alive after all (just slow to beat)
+            # Holding its lock, no process with that id can start and recover them meanwhile.
+            sagas = probe.execute(
+                """SELECT workflow_uuid FROM dbos.workflow_status
+                    WHERE status = 'PENDING' AND executor_id = %s
+                      AND application_version = %s""",
+                (executor_id, version),
+            ).fetchall()
+            for (saga_id,) in sagas:
+                DBOS.resume_workflow(str(saga_id))
+            log.warning(
+                "executor %r is gone: %d of its sagas resumed elsewhere", executor_id, len(sagas)
+            )
 
     def _still_held(self) -> bool:
         conn = self._conn
         if conn is None:
             return False
         try:
-            conn.execute("SELECT 1")
+            self._heartbeat()
             return True
         except psycopg.Error:
             log.warning("lost the lock on executor id %r (database restarted?)", self.executor_id)

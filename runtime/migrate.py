@@ -1,6 +1,7 @@
 """Bring the database schema up to date: DBOS's system tables, then ours (Alembic)."""
 
 import logging
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,9 +23,15 @@ def migrate(url: str) -> None:
     engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.NullPool)
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-            # The session lock outlives this commit; an open transaction here would block
-            # DBOS's CREATE INDEX CONCURRENTLY forever.
+            # Polled, not waited for: a process blocked in pg_advisory_lock is inside a
+            # statement, and DBOS's CREATE INDEX CONCURRENTLY (run by the holder) waits for
+            # every running statement to end, so processes starting at once would deadlock.
+            # The session lock outlives each commit; no transaction stays open here.
+            while not conn.execute(
+                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK}
+            ).scalar_one():
+                conn.commit()
+                time.sleep(0.1)
             conn.commit()
             try:
                 # Our saga_status view reads dbos.workflow_status, so DBOS's tables go first.

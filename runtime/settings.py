@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,17 @@ class Settings(BaseSettings):
     compensation_attempts: int = Field(default=10, ge=1, le=100)
     retry_backoff_seconds: float = Field(default=0.5, ge=0)
 
+    process_role: Literal["all", "api", "worker"] = Field(
+        default="all",
+        description="all: one process does everything; api: HTTP, enqueues sagas only; "
+        "worker: runs sagas from the queue",
+    )
+    worker_concurrency: int = Field(
+        default=20, ge=1, description="Sagas one process runs from the queue at once"
+    )
+    takeover_after_seconds: float = Field(
+        default=15.0, gt=0, description="A silent worker is dead after this; its sagas move"
+    )
     executor_id: str = Field(default="local", min_length=1)
     executor_lock_wait_seconds: float = Field(
         default=15.0, ge=0, description="How long a start waits for its executor id to be free"

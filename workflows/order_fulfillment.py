@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-from dbos import DBOS, PortableWorkflowError, SetWorkflowID
+from dbos import DBOS, DBOSClient, PortableWorkflowError, SetWorkflowID
 from dbos import error as dbos_errors
 
 from orders.model import APPROVAL_TOPIC, RETRY_TOPIC, Order
@@ -17,6 +17,8 @@ from steps.saga import open_approval, park_saga, record_failure, settle_approval
 from steps.shipping import cancel_shipment, create_shipment
 
 Compensation = Callable[[Order, str], Outcome]
+WORKFLOW_NAME = "order_fulfillment"
+SAGA_QUEUE = "sagas"  # where an API-only process puts sagas for the workers
 PARKED_RECHECK_SECONDS = 86_400.0  # a parked saga waits for a retry request in turns this long
 MAX_WAIT_SECONDS = 3_600.0  # the longest wait between two tries of a compensation
 
@@ -61,7 +63,7 @@ STEP_FAILURES_BY_NAME = frozenset({"StepFailed", "DBOSMaxStepRetriesExceeded"})
 # Never dead-lettered (DBOS's default gives up on a workflow recovered 100 times): a saga
 # waiting for approval or parked for an operator may live through any number of restarts,
 # and it must still finish or undo. Nothing in it crashes the process, so no crash loop.
-@DBOS.workflow(name="order_fulfillment", max_recovery_attempts=None)
+@DBOS.workflow(name=WORKFLOW_NAME, max_recovery_attempts=None)
 def order_fulfillment(order: Order, policy: Policy) -> SagaResult:
     """Fulfil the order, or leave no trace of it: COMPLETED, or FAILED with all undone."""
     saga = Compensations(order, policy)
@@ -162,12 +164,39 @@ def policy_now() -> Policy:
     }
 
 
+# Set in an API-only process (PROCESS_ROLE=api): it runs no saga, it only enqueues them.
+_client: DBOSClient | None = None
+
+
+def enqueue_only(client: DBOSClient | None) -> None:
+    """From now on, start sagas by putting them on SAGA_QUEUE through `client` (None: run
+    them in this process again)."""
+    global _client
+    _client = client
+
+
 def start(saga_id: str, order: Order) -> None:
-    """Start the order's saga in the background; a saga that already exists is left alone."""
+    """Start the order's saga in the background (here, or on the queue for the workers); a
+    saga that already exists is left alone."""
+    if _client is not None:
+        _client.enqueue(
+            {
+                "queue_name": SAGA_QUEUE,
+                "workflow_name": WORKFLOW_NAME,
+                "workflow_id": saga_id,
+                "app_version": get_settings().application_version,
+            },
+            order,
+            policy_now(),
+        )
+        return
     with SetWorkflowID(saga_id):
         DBOS.start_workflow(order_fulfillment, order, policy_now())
 
 
 def wake(saga_id: str, topic: str, idempotency_key: str) -> None:
     """Send the saga a wake-up on `topic`; the same key sends it once."""
+    if _client is not None:
+        _client.send(saga_id, {"wake": topic}, topic, idempotency_key=idempotency_key)
+        return
     DBOS.send(saga_id, {"wake": topic}, topic, idempotency_key=idempotency_key)

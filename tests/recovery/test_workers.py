@@ -1,0 +1,157 @@
+"""Split mode with real processes: an API process that only enqueues (DBOSClient, no
+executor) and workers with their own executor ids running the queue. A worker restarted with
+its id resumes its sagas; a worker that never comes back has its sagas taken over by the
+live ones, each effect still exactly once."""
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from orders.audit import audit
+from runtime.lifecycle import executor_lock_key
+from tests.recovery.conftest import wait_for_end, wait_until
+from tests.support.orders import assert_effects_match, available, order_body
+from tests.support.process import ServiceProcess
+
+COMMON = {
+    "LOG_LEVEL": "WARNING",
+    "SEED_DEMO_CATALOG": "false",
+    "RETRY_BACKOFF_SECONDS": "0.05",
+    "WORKER_CONCURRENCY": "10",
+}
+
+
+@pytest.fixture
+def processes(service_db: str) -> Iterator[list[ServiceProcess]]:
+    """Processes the test starts; stopped (and their logs shown on failure) at the end."""
+    started: list[ServiceProcess] = []
+    yield started
+    for process in started:
+        if process.running():
+            process.stop()
+
+
+def spawn(
+    processes: list[ServiceProcess], service_db: str, role: str, **env: str
+) -> ServiceProcess:
+    process = ServiceProcess(service_db, PROCESS_ROLE=role, **COMMON, **env)
+    processes.append(process)
+    process.start()
+    return process
+
+
+def pending_by_executor(sql: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    rows = sql.execute(
+        """SELECT executor_id, array_agg(workflow_uuid) FROM dbos.workflow_status
+            WHERE status = 'PENDING' GROUP BY executor_id"""
+    ).fetchall()
+    return {executor: list(ids) for executor, ids in rows}
+
+
+def place(api: ServiceProcess, count: int) -> list[dict[str, Any]]:
+    bodies = [order_body({"WIDGET": 1}) for _ in range(count)]
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        client.put("/inventory/WIDGET", json={"available": 1000, "price_cents": 900})
+        for body in bodies:
+            assert client.post("/orders", json=body).status_code == 202
+    return bodies
+
+
+def all_finish_once(
+    api: ServiceProcess, sql: psycopg.Connection[Any], bodies: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    views = [wait_for_end(api.url, body["order_id"], timeout=90) for body in bodies]
+    for view in views:
+        assert view["state"] == "COMPLETED", view
+        assert_effects_match(sql, view)
+    assert available(sql, "WIDGET") == 1000 - len(bodies)
+    assert audit(sql, executor_lock_key("")).violations == []
+    return views
+
+
+def test_a_worker_that_never_comes_back_has_its_sagas_taken_over(
+    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    env = {"PARTICIPANT_LATENCY_MS": "300", "TAKEOVER_AFTER_SECONDS": "4"}
+    api = spawn(processes, service_db, "api", **env)
+    spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
+    w2 = spawn(processes, service_db, "worker", EXECUTOR_ID="w2", **env)
+    bodies = place(api, 30)
+    wait_until(lambda: {"w1", "w2"} <= set(pending_by_executor(sql)), "both workers running sagas")
+    orphaned = pending_by_executor(sql)["w2"]
+
+    w2.kill()  # and never started again
+
+    all_finish_once(api, sql, bodies)
+    rows = sql.execute(
+        "SELECT executor_id, status FROM dbos.workflow_status WHERE workflow_uuid = ANY(%s)",
+        (orphaned,),
+    ).fetchall()
+    assert rows
+    assert {tuple(row) for row in rows} == {("w1", "SUCCESS")}  # finished by the live worker
+    executors = {r[0] for r in sql.execute("SELECT executor_id FROM dbos.workflow_status")}
+    assert executors <= {"w1", "w2"}  # the API process ran nothing itself
+
+
+def test_a_worker_restarted_with_its_id_resumes_its_own_sagas(
+    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    env = {"PARTICIPANT_LATENCY_MS": "300", "TAKEOVER_AFTER_SECONDS": "600"}
+    api = spawn(processes, service_db, "api", **env)
+    w1 = spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
+    bodies = place(api, 8)
+    wait_until(lambda: "w1" in pending_by_executor(sql), "the worker running sagas")
+
+    w1.kill()
+    w1.start()
+
+    views = all_finish_once(api, sql, bodies)
+    saga_ids = [view["saga_id"] for view in views]
+    rows = sql.execute(
+        "SELECT DISTINCT executor_id FROM dbos.workflow_status WHERE workflow_uuid = ANY(%s)",
+        (saga_ids,),
+    ).fetchall()
+    assert rows == [("w1",)]
+
+
+def test_a_live_worker_is_never_taken_over(
+    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    """w1 runs long sagas while w2 checks for dead executors every few seconds: w1 keeps
+    its lock and heartbeat, so none of its sagas moves."""
+    env = {"PARTICIPANT_LATENCY_MS": "1500", "TAKEOVER_AFTER_SECONDS": "2"}
+    api = spawn(processes, service_db, "api", **env)
+    spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
+    bodies = place(api, 4)
+    wait_until(lambda: len(pending_by_executor(sql).get("w1", [])) == 4, "w1 running all four")
+    spawn(processes, service_db, "worker", EXECUTOR_ID="w2", **env)
+
+    all_finish_once(api, sql, bodies)
+    rows = sql.execute("SELECT DISTINCT executor_id FROM dbos.workflow_status").fetchall()
+    assert rows == [("w1",)]
+
+
+def test_an_api_process_and_workers_started_at_once_on_a_new_database_all_come_up(
+    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    """As `make cluster` starts them: all migrate at once (one at a time, under a lock that
+    is polled, so DBOS's CREATE INDEX CONCURRENTLY never waits on a blocked starter)."""
+    group = [
+        ServiceProcess(service_db, PROCESS_ROLE="api", **COMMON),
+        ServiceProcess(service_db, PROCESS_ROLE="worker", EXECUTOR_ID="w1", **COMMON),
+        ServiceProcess(service_db, PROCESS_ROLE="worker", EXECUTOR_ID="w2", **COMMON),
+    ]
+    processes.extend(group)
+    threads = [threading.Thread(target=process.start, kwargs={"timeout": 60}) for process in group]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert all(process.running() for process in group)
+    bodies = place(group[0], 6)
+    all_finish_once(group[0], sql, bodies)
