@@ -26,7 +26,6 @@ from chaos.postgres import CrashablePostgres
 from chaos.service import ServiceProcess
 from orders.audit import Report, audit
 from orders.model import COMPENSATION_OF, FORWARD_STEPS, TERMINAL_STATES
-from runtime.lifecycle import executor_lock_key
 from runtime.settings import Settings
 
 APPROVAL_TIMEOUT_SECONDS = 6
@@ -205,7 +204,7 @@ def run(config: Config) -> Result:
         states = _drain(shared, url, config.drain_seconds)
         _check_alive(shared)
         with psycopg.connect(url, autocommit=True) as conn:
-            report = audit(conn, executor_lock_key(""))
+            report = audit(conn)
             result = _result(shared, conn, report, states, time.monotonic() - started, workdir)
         if config.seconds >= MIN_SECONDS_FOR_COVERAGE:  # long enough to place every kind
             result.unexercised = sorted(set(KINDS) - set(result.coverage))

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from orders.model import TERMINAL_STATES
+from runtime import executors
 
 # A stored order whose saga does not exist yet is normal for the few milliseconds between
 # storing and starting it; one older than this was never started.
@@ -46,9 +47,7 @@ class Report:
         self.flagged[kind].add(saga["order_id"] if saga else problem)
 
 
-def audit(
-    conn: psycopg.Connection[Any], executor_lock_prefix: str, *, own_snapshot: bool = True
-) -> Report:
+def audit(conn: psycopg.Connection[Any], *, own_snapshot: bool = True) -> Report:
     """Check everything, from one snapshot of the database: a read-only repeatable-read
     transaction of its own on an autocommit `conn`, or (own_snapshot=False) the
     transaction `conn` is already in."""
@@ -56,9 +55,9 @@ def audit(
     if own_snapshot:
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snapshot = _read(conn, executor_lock_prefix)
+            snapshot = _read(conn)
     else:
-        snapshot = _read(conn, executor_lock_prefix)
+        snapshot = _read(conn)
     for saga in snapshot["sagas"]:
         report.sagas += 1
         report.states[saga["state"]] += 1
@@ -71,7 +70,7 @@ def audit(
     return report
 
 
-def _read(conn: psycopg.Connection[Any], executor_lock_prefix: str) -> dict[str, Any]:
+def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     def rows(sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(sql, params).fetchall()
@@ -81,18 +80,13 @@ def _read(conn: psycopg.Connection[Any], executor_lock_prefix: str) -> dict[str,
                   o.created_at < now() - make_interval(secs => %s) AS past_grace,
                   w.status AS dbos_status, w.executor_id,
                   (w.executor_id IS NOT NULL AND EXISTS (
-                      SELECT 1 FROM pg_locks l
-                       WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                         AND l.database = (SELECT oid FROM pg_database
-                                            WHERE datname = current_database())
-                         AND l.classid::bigint = (hashtextextended(%s || w.executor_id, 0) >> 32)
-                                                 & 4294967295
-                         AND l.objid::bigint = hashtextextended(%s || w.executor_id, 0)
-                                               & 4294967295)) AS executor_alive
+                      SELECT 1 FROM pg_locks l WHERE """
+        + executors.lock_held_sql("%s || w.executor_id")
+        + """)) AS executor_alive
              FROM orders.orders o
              LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = o.saga_id
             ORDER BY o.created_at""",
-        (UNSTARTED_GRACE_SECONDS, executor_lock_prefix, executor_lock_prefix),
+        (UNSTARTED_GRACE_SECONDS, executors.LOCK_PREFIX),
     )
     # Any live process at all (for ENQUEUED sagas, which any process may dequeue): a lock on
     # the id of any executor DBOS knows of.
@@ -100,15 +94,11 @@ def _read(conn: psycopg.Connection[Any], executor_lock_prefix: str) -> dict[str,
         rows(
             """SELECT 1 FROM (SELECT DISTINCT executor_id FROM dbos.workflow_status
                                WHERE executor_id IS NOT NULL) e
-                 JOIN pg_locks l
-                   ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                  AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())
-                  AND l.classid::bigint = (hashtextextended(%s || e.executor_id, 0) >> 32)
-                                          & 4294967295
-                  AND l.objid::bigint = hashtextextended(%s || e.executor_id, 0) & 4294967295
+                 JOIN pg_locks l ON """
+            + executors.lock_held_sql("%s || e.executor_id")
+            + """
                 LIMIT 1""",
-            (executor_lock_prefix, executor_lock_prefix),
+            (executors.LOCK_PREFIX,),
         )
     )
     effects: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -254,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from runtime.database import resolve_url
-    from runtime.lifecycle import executor_lock_key
     from runtime.settings import get_settings
 
     url = resolve_url(get_settings())
     with psycopg.connect(url, autocommit=True) as conn:
-        report = audit(conn, executor_lock_key(""))
+        report = audit(conn)
     if args.json:
         print(
             json.dumps(

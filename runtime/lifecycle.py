@@ -10,7 +10,7 @@ import psycopg
 from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
 from orders import control, intake
-from runtime import database, embedded, seed
+from runtime import database, embedded, executors, seed
 from runtime.migrate import migrate
 from runtime.settings import Settings
 from workflows import order_fulfillment
@@ -111,11 +111,6 @@ def _hold_executor_id(url: str, executor_id: str, wait_seconds: float) -> None:
     _keeper.acquire(wait_seconds)
 
 
-def executor_lock_key(executor_id: str) -> str:
-    """The advisory lock (hashtextextended of this text) a live process holds on its id."""
-    return f"dbos-executor:{executor_id}"
-
-
 class ExecutorLock:
     """The lock on this process's executor id, and the thread that keeps it and sweeps.
 
@@ -157,7 +152,7 @@ class ExecutorLock:
             self._conn = None
 
     def _lock(self, wait_seconds: float) -> None:
-        key = executor_lock_key(self.executor_id)
+        key = executors.lock_key(self.executor_id)
         conn: psycopg.Connection[tuple[object, ...]] = psycopg.connect(
             self.url, autocommit=True, **database.LIVENESS
         )
@@ -183,11 +178,9 @@ class ExecutorLock:
         """The lock may still be held by this process's own old session, cut off from us
         (a broken network path) but not yet noticed by the server: end that session."""
         row = conn.execute(
-            """SELECT pg_terminate_backend(l.pid) FROM pg_locks l
-                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.pid = %s
-                  AND l.classid::bigint = (hashtextextended(%s, 0) >> 32) & 4294967295
-                  AND l.objid::bigint = hashtextextended(%s, 0) & 4294967295""",
-            (self._backend_pid, key, key),
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.pid = %s AND "
+            + executors.lock_held_sql("%s"),
+            (self._backend_pid, key),
         ).fetchone()
         if row is None:
             return False
@@ -257,7 +250,7 @@ class ExecutorLock:
         with psycopg.connect(self.url, autocommit=True, **database.LIVENESS) as probe:
             taken = probe.execute(
                 "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                (executor_lock_key(executor_id),),
+                (executors.lock_key(executor_id),),
             ).fetchone()
             if taken != (True,):
                 return  # its process is alive after all (just slow to beat)

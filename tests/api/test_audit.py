@@ -10,7 +10,6 @@ import psycopg
 import pytest
 
 from orders.audit import audit, main
-from runtime.lifecycle import executor_lock_key
 from tests.support.orders import order_body, wait_for_state
 
 
@@ -28,7 +27,7 @@ def finished(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def about(conn: psycopg.Connection[Any], subject: str) -> list[str]:
-    report = audit(conn, executor_lock_key(""), own_snapshot=False)
+    report = audit(conn, own_snapshot=False)
     return [v for v in report.violations if subject in v]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from chaos.postgres import CrashablePostgres
 from orders.audit import audit
-from runtime.lifecycle import executor_lock_key
+from runtime import executors
 from tests.recovery.conftest import wait_for_end, wait_until
 from tests.support.orders import assert_effects_match, order_body
 from tests.support.process import ServiceProcess
@@ -103,7 +103,7 @@ def _crash_the_database_under_load(pg: CrashablePostgres, service: ServiceProces
         wait_until(
             lambda: _executor_lock_held(pg.url, "local"), "executor id locked again", timeout=15
         )
-        report = audit(sql, executor_lock_key(""))
+        report = audit(sql)
     assert report.violations == []
     assert report.states == {"COMPLETED": 7}
 
@@ -111,10 +111,8 @@ def _crash_the_database_under_load(pg: CrashablePostgres, service: ServiceProces
 def _executor_lock_held(url: str, executor_id: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
-            """SELECT count(*) FROM pg_locks
-                WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                  AND objid::bigint = hashtextextended(%s, 0) & 4294967295""",
-            (executor_lock_key(executor_id),),
+            "SELECT count(*) FROM pg_locks l WHERE " + executors.lock_held_sql("%s"),
+            (executors.lock_key(executor_id),),
         ).fetchone()
     return row == (1,)
 
@@ -138,17 +136,17 @@ def test_the_audit_flags_a_pending_saga_with_no_live_process(
                 lambda: sql.execute(running, (body["order_id"],)).fetchone() == ("PENDING",),
                 "the saga running",
             )
-            assert audit(sql, executor_lock_key("")).violations == []
+            assert audit(sql).violations == []
 
             service.kill()
             wait_until(
                 lambda: not _executor_lock_held(own_postgres.url, "local"), "the lock released"
             )
-            violations = audit(sql, executor_lock_key("")).violations
+            violations = audit(sql).violations
 
             service.start(PARTICIPANT_LATENCY_MS="0")
             view = wait_for_end(service.url, body["order_id"])
-            after = audit(sql, executor_lock_key("")).violations
+            after = audit(sql).violations
     finally:
         service.stop()
     assert len(violations) == 1

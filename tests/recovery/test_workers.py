@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from orders.audit import audit
-from runtime.lifecycle import executor_lock_key
 from tests.recovery.conftest import wait_for_end, wait_until
 from tests.support.orders import assert_effects_match, available, order_body
 from tests.support.process import ServiceProcess
@@ -69,7 +68,7 @@ def all_finish_once(
         assert view["state"] == "COMPLETED", view
         assert_effects_match(sql, view)
     assert available(sql, "WIDGET") == 1000 - len(bodies)
-    assert audit(sql, executor_lock_key("")).violations == []
+    assert audit(sql).violations == []
     return views
 
 
