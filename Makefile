@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: run api worker cluster test psql audit chaos lint format lock clean
+.PHONY: run api worker cluster test psql audit chaos bench lint format lock clean
 
 run: $(VENV)/.synced
 	$(PY) -m api
@@ -31,6 +31,9 @@ audit: $(VENV)/.synced
 
 chaos: $(VENV)/.synced
 	$(PY) -m chaos
+
+bench: $(VENV)/.synced
+	$(PY) -m bench
 
 lint: $(VENV)/.synced
 	$(VENV)/bin/ruff format --check .

@@ -37,7 +37,7 @@ class CrashablePostgres:
 
     def crash(self) -> None:
         """SIGKILL the postmaster and all its children at once: no shutdown of any kind."""
-        postmaster = psutil.Process(self._postmaster_pid())
+        postmaster = psutil.Process(self.postmaster_pid())
         victims = [postmaster, *postmaster.children(recursive=True)]
         for process in victims:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -67,5 +67,5 @@ class CrashablePostgres:
         if delete:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def _postmaster_pid(self) -> int:
+    def postmaster_pid(self) -> int:
         return int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])

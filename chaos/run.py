@@ -23,10 +23,9 @@ import httpx
 import psycopg
 
 from chaos.postgres import CrashablePostgres
-from chaos.service import ServiceProcess
+from chaos.service import ServiceProcess, environment_without_knobs
 from orders.audit import Report, audit
 from orders.model import COMPENSATION_OF, FORWARD_STEPS, TERMINAL_STATES
-from runtime.settings import Settings
 
 APPROVAL_TIMEOUT_SECONDS = 6
 # The service's knobs for the run: every call slow, few tries, so faults really exhaust
@@ -177,7 +176,7 @@ def run(config: Config) -> Result:
     workdir = config.workdir or Path(tempfile.mkdtemp(prefix="saga-chaos-"))
     pg = CrashablePostgres(workdir)
     url = pg.start()
-    service = ServiceProcess(url, base_env={**_environment_without_knobs(), **SERVICE_ENV})
+    service = ServiceProcess(url, base_env={**environment_without_knobs(), **SERVICE_ENV})
     shared = Shared(service=service, rng=rng)
     started = time.monotonic()
     result: Result | None = None
@@ -215,11 +214,6 @@ def run(config: Config) -> Result:
         if keep:
             log(f"chaos: database kept in {workdir}; service log {service.log}")
     return result
-
-
-def _environment_without_knobs() -> dict[str, str]:
-    knobs = {name.upper() for name in Settings.model_fields}
-    return {k: v for k, v in os.environ.items() if k not in knobs}
 
 
 def _stock_up(base_url: str) -> None:

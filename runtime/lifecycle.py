@@ -73,7 +73,9 @@ def start(settings: Settings) -> None:
     DBOS(config=dbos_config(url, settings))
     DBOS.launch()
     DBOS.register_queue(
-        order_fulfillment.SAGA_QUEUE, worker_concurrency=settings.worker_concurrency
+        order_fulfillment.SAGA_QUEUE,
+        worker_concurrency=settings.worker_concurrency,
+        polling_interval_sec=settings.queue_poll_seconds,
     )
     sweep()
     if _keeper is not None:

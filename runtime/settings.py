@@ -39,7 +39,16 @@ class Settings(BaseSettings):
         "worker: runs sagas from the queue",
     )
     worker_concurrency: int = Field(
-        default=20, ge=1, description="Sagas one process runs from the queue at once"
+        default=1000,
+        ge=1,
+        description="Sagas one worker holds at once, those waiting for approval or parked "
+        "included (DBOS counts every unfinished saga a worker took from the queue)",
+    )
+    queue_poll_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How often a worker looks for new sagas on the queue (their start delay)",
     )
     takeover_after_seconds: float = Field(
         default=15.0, gt=0, description="A silent worker is dead after this; its sagas move"

@@ -49,7 +49,8 @@ def _travel(seconds: float, deadline: float, operation: str) -> None:
     """Let `seconds` of network time pass, or fail when the deadline comes first."""
     left = deadline - time.monotonic()
     if seconds <= left:
-        time.sleep(seconds)
+        if seconds > 0:
+            time.sleep(seconds)
         return
     time.sleep(max(left, 0))
     raise ServiceUnavailable(

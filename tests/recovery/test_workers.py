@@ -154,3 +154,57 @@ def test_an_api_process_and_workers_started_at_once_on_a_new_database_all_come_u
     assert all(process.running() for process in group)
     bodies = place(group[0], 6)
     all_finish_once(group[0], sql, bodies)
+
+
+@pytest.mark.parametrize("worker_concurrency", [None, "30"], ids=["default", "control-30"])
+def test_sagas_waiting_for_approval_leave_a_worker_room_for_new_ones(
+    processes: list[ServiceProcess],
+    service_db: str,
+    sql: psycopg.Connection[Any],
+    worker_concurrency: str | None,
+) -> None:
+    """DBOS counts every unfinished saga a worker took from the queue against its
+    WORKER_CONCURRENCY, those waiting for approval included. With the default, 30 sagas
+    waiting (more than the old default of 20) leave room to run a new order at once; the
+    control, a limit of exactly 30, shows the new order held back in the queue."""
+    env = {"APPROVAL_THRESHOLD_CENTS": "10000"}
+    common = {k: v for k, v in COMMON.items() if k != "WORKER_CONCURRENCY"}
+    if worker_concurrency is not None:
+        common["WORKER_CONCURRENCY"] = worker_concurrency
+    api = ServiceProcess(service_db, PROCESS_ROLE="api", **common, **env)
+    worker = ServiceProcess(service_db, PROCESS_ROLE="worker", EXECUTOR_ID="w1", **common, **env)
+    processes.extend([api, worker])
+    api.start()
+    worker.start()
+    big = [order_body({"BIG": 1}) for _ in range(30)]
+    small = order_body({"WIDGET": 1})
+    with httpx.Client(base_url=api.url, timeout=30) as client:
+        client.put("/inventory/BIG", json={"available": 100, "price_cents": 20_000})
+        client.put("/inventory/WIDGET", json={"available": 100, "price_cents": 900})
+        for body in big:
+            assert client.post("/orders", json=body).status_code == 202
+        ids = [body["order_id"] for body in big]
+        wait_until(
+            lambda: (
+                sql.execute(
+                    "SELECT count(*) FROM orders.orders WHERE order_id = ANY(%s) "
+                    "AND state = 'AWAITING_APPROVAL'",
+                    (ids,),
+                ).fetchone()
+                == (30,)
+            ),
+            "30 sagas waiting for approval",
+        )
+        assert client.post("/orders", json=small).status_code == 202
+        if worker_concurrency is not None:  # the control: the worker is full
+            with pytest.raises(AssertionError):
+                wait_for_end(api.url, small["order_id"], timeout=5)
+        else:
+            assert wait_for_end(api.url, small["order_id"], timeout=30)["state"] == "COMPLETED"
+        for order_id in ids:
+            assert client.post(f"/orders/{order_id}/approve", json={}).status_code == 202
+    views = [wait_for_end(api.url, body["order_id"], timeout=90) for body in [*big, small]]
+    for view in views:
+        assert view["state"] == "COMPLETED", view
+        assert_effects_match(sql, view)
+    assert audit(sql).violations == []

@@ -1,0 +1,1 @@
+"""`make bench`: what the service costs, measured against its own baselines (docs/BENCHMARKS.md)."""

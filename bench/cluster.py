@@ -1,0 +1,314 @@
+"""The configurations that run the service as users do: an API process that enqueues and
+worker processes that run the sagas (`make cluster`), driven over HTTP."""
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.measure import CpuWindow, latency_ms, peak_rss_mb, postgres_memory_mb, rss_mb
+from chaos.service import ServiceProcess
+from orders.model import TERMINAL_STATES
+
+Progress = Callable[[str], None]
+POLL_SECONDS = 0.02  # how often the watcher looks for sagas that ended
+
+
+def order_body(sku: str) -> dict[str, Any]:
+    return {
+        "order_id": f"ord_bench_{uuid.uuid4().hex}",
+        "customer_id": "bench",
+        "customer_email": "bench@example.com",
+        "items": [{"sku": sku, "quantity": 1}],
+        "payment_method": "pm_card_visa",
+        "shipping_address": {
+            "name": "Ada",
+            "line1": "1 Main St",
+            "city": "Springfield",
+            "postal_code": "12345",
+            "country": "US",
+        },
+    }
+
+
+class Cluster:
+    """One API process (PROCESS_ROLE=api) and `workers` worker processes (w1..wN) on the
+    database at `url`, each `python -m api` in a subprocess, with `env` on top of `base_env`."""
+
+    def __init__(self, url: str, workers: int, base_env: dict[str, str], **env: str) -> None:
+        self.api = ServiceProcess(url, base_env={**base_env, **env}, PROCESS_ROLE="api")
+        self.workers = [
+            ServiceProcess(
+                url, base_env={**base_env, **env}, PROCESS_ROLE="worker", EXECUTOR_ID=f"w{n}"
+            )
+            for n in range(1, workers + 1)
+        ]
+
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        return [self.api, *self.workers]
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def start(self) -> None:
+        """Start every process at once (as `make cluster` does) and wait until all answer."""
+        with ThreadPoolExecutor(len(self.processes)) as pool:
+            list(pool.map(lambda process: process.start(), self.processes))
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def rss_mb(self) -> float:
+        return round(sum(rss_mb(pid) for pid in self.pids()), 1)
+
+    def peak_rss_mb(self) -> float:
+        return round(sum(peak_rss_mb(pid) for pid in self.pids()), 1)
+
+
+@dataclass
+class Ended:
+    state: str
+    at: float  # epoch seconds, from the order row's updated_at (the database's clock)
+
+
+@dataclass
+class Watcher:
+    """Tells when sagas end, by polling their order rows (one query for all of them), so that
+    clients need not poll the API and load it."""
+
+    url: str
+    ended: dict[str, Ended] = field(default_factory=dict)
+    _waiting: dict[str, threading.Event] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def watch(self, order_id: str) -> threading.Event:
+        with self._lock:
+            event = self._waiting[order_id] = threading.Event()
+        return event
+
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.wait(POLL_SECONDS):
+                with self._lock:
+                    ids = list(self._waiting)
+                if not ids:
+                    continue
+                rows = conn.execute(
+                    """SELECT order_id, state, extract(epoch FROM updated_at)::float8
+                         FROM orders.orders WHERE order_id = ANY(%s) AND state = ANY(%s)""",
+                    (ids, sorted(TERMINAL_STATES)),
+                ).fetchall()
+                with self._lock:
+                    for order_id, state, at in rows:
+                        self.ended[order_id] = Ended(state, at)
+                        self._waiting.pop(order_id).set()
+
+    @contextmanager
+    def running(self) -> Iterator["Watcher"]:
+        thread = threading.Thread(target=self.run, name="bench-watcher", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(timeout=10)
+
+
+SENDERS = 32  # threads sending the open loop's requests
+
+
+def shared_client(base_url: str) -> httpx.Client:
+    """One client for all of a measure's threads (httpx clients are thread-safe), made before
+    anything is timed: making one costs milliseconds of the driver's CPU."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    return httpx.Client(base_url=base_url, timeout=60, limits=limits)
+
+
+@dataclass
+class Sent:
+    order_id: str
+    sent_at: float  # epoch seconds
+    post_seconds: float
+    status: int
+
+
+def post_order(client: httpx.Client, body: dict[str, Any]) -> Sent:
+    sent_at, began = time.time(), time.perf_counter()
+    response = client.post("/orders", json=body)
+    return Sent(body["order_id"], sent_at, time.perf_counter() - began, response.status_code)
+
+
+def saturate(
+    cluster: Cluster,
+    url: str,
+    postmaster_pid: int,
+    sku: str,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Closed loop: `clients` clients each POST an order and wait until its saga ends, again
+    and again. Measured over `seconds` after `warmup`: the cluster's capacity."""
+    sent: list[Sent] = []
+    lock = threading.Lock()
+    measure_from = time.time() + warmup
+    measure_until = measure_from + seconds
+    with Watcher(url).running() as watcher, shared_client(cluster.api.url) as http:
+
+        def client() -> None:
+            while time.time() < measure_until:
+                body = order_body(sku)
+                event = watcher.watch(body["order_id"])
+                one = post_order(http, body)
+                if one.status != 202 or not event.wait(timeout=120):
+                    raise RuntimeError(f"order {one.order_id}: {one.status}, or never ended")
+                with lock:
+                    sent.append(one)
+
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(client) for _ in range(clients)]
+            time.sleep(max(0.0, measure_from - time.time()))
+            cpu = CpuWindow(cluster.pids(), postmaster_pid).start()
+            while time.time() < measure_until:
+                time.sleep(min(5.0, max(0.0, measure_until - time.time())))
+                progress(f"{len(sent)} sagas done")
+            app_cpu, db_cpu = cpu.stop()
+            for future in futures:
+                future.result()
+        ended = watcher.ended
+    measured = [
+        one
+        for one in sent
+        if one.sent_at >= measure_from and ended[one.order_id].at <= measure_until
+    ]
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "sagas": len(measured),
+        "failures": sum(ended[one.order_id].state != "COMPLETED" for one in sent),
+        "sagas_per_second": round(len(measured) / seconds, 2),
+        "saga_latency": latency_ms([ended[one.order_id].at - one.sent_at for one in measured]),
+        "post_latency": latency_ms([one.post_seconds for one in measured]),
+        "app_cpu_ms_per_saga": round(app_cpu / max(len(measured), 1) * 1000, 2),
+        "db_cpu_ms_per_saga": round(db_cpu / max(len(measured), 1) * 1000, 2),
+    }
+
+
+def steady(
+    cluster: Cluster, url: str, sku: str, rate: float, seconds: float, progress: Progress
+) -> dict[str, Any]:
+    """Open loop: POST orders at `rate` per second, on schedule whatever the answers, for
+    `seconds`; then wait until every saga ended. POST and saga latencies at that load."""
+    sent: list[Sent] = []
+    lock = threading.Lock()
+    with Watcher(url).running() as watcher, shared_client(cluster.api.url) as http:
+
+        def one(body: dict[str, Any]) -> None:
+            result = post_order(http, body)
+            with lock:
+                sent.append(result)
+
+        total = max(1, int(rate * seconds))
+        with ThreadPoolExecutor(SENDERS) as pool:
+            start = time.perf_counter()
+            for n in range(total):
+                time.sleep(max(0.0, start + n / rate - time.perf_counter()))
+                body = order_body(sku)
+                watcher.watch(body["order_id"])
+                pool.submit(one, body)
+                if n and n % max(1, int(rate * 5)) == 0:
+                    progress(f"{n} of {total} orders sent")
+        deadline = time.monotonic() + 120
+        while watcher.outstanding() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ended = dict(watcher.ended)
+    finished = [one for one in sent if one.order_id in ended]
+    return {
+        "rate_per_second": round(rate, 2),
+        "seconds": seconds,
+        "sagas": len(sent),
+        "unfinished": len(sent) - len(finished),
+        "refused_posts": sum(one.status != 202 for one in sent),
+        "saga_latency": latency_ms([ended[one.order_id].at - one.sent_at for one in finished]),
+        "post_latency": latency_ms([one.post_seconds for one in sent]),
+    }
+
+
+def place_many(
+    api: ServiceProcess, bodies: list[dict[str, Any]], clients: int, progress: Progress
+) -> list[Sent]:
+    """POST every order, `clients` at a time; each must be accepted."""
+    done = 0
+    lock = threading.Lock()
+
+    def one(body: dict[str, Any]) -> Sent:
+        nonlocal done
+        result = post_order(http, body)
+        if result.status != 202:
+            raise RuntimeError(f"POST /orders answered {result.status}")
+        with lock:
+            done += 1
+            if done % 500 == 0:
+                progress(f"{done} of {len(bodies)} orders placed")
+        return result
+
+    with shared_client(api.url) as http, ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, bodies))
+
+
+def count_states(url: str, order_ids: list[str]) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT state, count(*) FROM orders.orders WHERE order_id = ANY(%s) GROUP BY state",
+            (order_ids,),
+        ).fetchall()
+    return {str(state): int(n) for state, n in rows}
+
+
+def wait_for_states(
+    url: str,
+    order_ids: list[str],
+    states: frozenset[str],
+    timeout: float,
+    progress: Progress,
+) -> float:
+    """Wait until every order is in one of `states`; the time.time() when that was seen."""
+    deadline = time.monotonic() + timeout
+    last_report = time.monotonic()
+    while True:
+        counts = count_states(url, order_ids)
+        there = sum(n for state, n in counts.items() if state in states)
+        if there == len(order_ids):
+            return time.time()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {there} of {len(order_ids)} reached {sorted(states)}")
+        if time.monotonic() - last_report >= 5:
+            last_report = time.monotonic()
+            progress(f"{there} of {len(order_ids)} there ({counts})")
+        time.sleep(0.05)
+
+
+def memory_now(cluster: Cluster, postmaster_pid: int) -> dict[str, float]:
+    return {
+        "app_rss_mb": cluster.rss_mb(),
+        "postgres_mb": postgres_memory_mb(postmaster_pid),
+    }

@@ -1,0 +1,219 @@
+"""`python -m bench.inprocess`: one in-process configuration, measured in a process of its own.
+
+BENCH_KIND picks what one "saga" is:
+
+- saga: the order saga as the service runs it: the order stored (as POST /orders does),
+  then the DBOS workflow of workflows/order_fulfillment.py, waited for;
+- floor: DBOS's floor: a workflow of the same shape (four steps, each with its undo, in a
+  try/except) whose steps do nothing;
+- plain: no durability: the order stored and the same four service operations
+  (services/*) called in plain Python, no DBOS, no journal.
+
+BENCH_CLIENTS threads each run sagas one after another for BENCH_WARMUP_SECONDS (not
+counted), then BENCH_SECONDS (measured). The result is one line of JSON on stdout; progress
+goes to stderr. The database (DATABASE_URL) must hold the SKU BENCH_SKU in stock.
+"""
+
+import json
+import os
+import resource
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypedDict
+
+from dbos import DBOS, SetWorkflowID
+
+from bench.measure import CpuWindow, latency_ms
+from orders import intake
+from orders.model import Order, idempotency_key
+from runtime import database, lifecycle
+from runtime.migrate import migrate
+from runtime.settings import get_settings
+from services import inventory, notifications, payments, shipping
+from workflows import order_fulfillment
+
+SKU = os.environ.get("BENCH_SKU", "BENCH-ITEM")
+
+
+class Done(TypedDict):
+    outcome: str
+
+
+# --- (c) DBOS's floor: the saga's shape, steps that do nothing --------------------------
+
+
+@DBOS.step(name="bench_floor_forward")
+def forward(order: Order, step: int) -> Done:
+    return {"outcome": "done"}
+
+
+@DBOS.step(name="bench_floor_undo")
+def undo(order: Order, step: int) -> Done:
+    return {"outcome": "done"}
+
+
+@DBOS.workflow(name="bench_floor")
+def floor_saga(order: Order, policy: order_fulfillment.Policy) -> order_fulfillment.SagaResult:
+    done: list[int] = []
+    try:
+        for step in range(4):
+            done.append(step)
+            forward(order, step)
+    except Exception as failure:
+        for step in reversed(done):
+            undo(order, step)
+        return {"state": "FAILED", "error": str(failure)}
+    return {"state": "COMPLETED", "error": None}
+
+
+# --- one saga of each kind ------------------------------------------------------------
+
+
+def order_request() -> Order:
+    return {
+        "order_id": f"ord_bench_{uuid.uuid4().hex}",
+        "customer_id": "bench",
+        "customer_email": "bench@example.com",
+        "items": [{"sku": SKU, "quantity": 1}],
+        "payment_method": "pm_card_visa",
+        "shipping_address": {
+            "name": "Ada",
+            "line1": "1 Main St",
+            "city": "Springfield",
+            "postal_code": "12345",
+            "country": "US",
+        },
+    }
+
+
+def run_saga() -> str:
+    with database.connection() as conn:
+        placement = intake.place(conn, dict(order_request()), None)
+    with SetWorkflowID(placement.saga_id):
+        handle = DBOS.start_workflow(
+            order_fulfillment.order_fulfillment, placement.order, order_fulfillment.policy_now()
+        )
+    return handle.get_result()["state"]
+
+
+def run_floor() -> str:
+    order = order_request()
+    handle = DBOS.start_workflow(floor_saga, order, order_fulfillment.policy_now())
+    return handle.get_result()["state"]
+
+
+def run_plain() -> str:
+    with database.connection() as conn:
+        placement = intake.place(conn, dict(order_request()), None)
+    order = placement.order
+    order_id = order["order_id"]
+    with database.connection() as conn:
+        reservation = inventory.reserve_inventory(
+            conn,
+            idempotency_key(order_id, "reserve_inventory"),
+            order_id,
+            [dict(item) for item in order["items"]],
+        )
+    with database.connection() as conn:
+        payments.process_payment(
+            conn,
+            idempotency_key(order_id, "process_payment"),
+            order_id,
+            int(reservation["total_cents"]),
+            order["payment_method"],
+        )
+    with database.connection() as conn:
+        shipping.create_shipment(
+            conn,
+            idempotency_key(order_id, "create_shipment"),
+            order_id,
+            dict(order["shipping_address"]),
+        )
+    with database.connection() as conn:
+        notifications.send_confirmation(
+            conn, idempotency_key(order_id, "send_confirmation"), order_id, order["customer_email"]
+        )
+    with database.connection() as conn:
+        conn.execute(
+            "UPDATE orders.orders SET state = 'COMPLETED', updated_at = now() WHERE order_id = %s",
+            (order_id,),
+        )
+    return "COMPLETED"
+
+
+KINDS: dict[str, Callable[[], str]] = {"saga": run_saga, "floor": run_floor, "plain": run_plain}
+
+
+def main() -> int:
+    kind = os.environ["BENCH_KIND"]
+    one_saga = KINDS[kind]
+    clients = int(os.environ.get("BENCH_CLIENTS", "8"))
+    warmup = float(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
+    seconds = float(os.environ.get("BENCH_SECONDS", "20"))
+    postmaster_pid = int(os.environ["BENCH_POSTMASTER_PID"])
+    settings = get_settings()
+    if kind == "plain":
+        url = database.resolve_url(settings)
+        migrate(url)
+        database.open_pool(url, settings.db_pool_size, settings.step_timeout_seconds)
+    else:
+        lifecycle.start(settings)
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+    measure_from = started + warmup
+    measure_until = measure_from + seconds
+
+    def client() -> None:
+        while (began := time.monotonic()) < measure_until:
+            try:
+                state = one_saga()
+            except Exception as error:  # counted and shown, never hidden
+                state = f"{type(error).__name__}: {error}"
+            ended = time.monotonic()
+            with lock:
+                if state != "COMPLETED":
+                    failures.append(state)
+                elif began >= measure_from and ended <= measure_until:
+                    latencies.append(ended - began)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    time.sleep(max(0.0, measure_from - time.monotonic()))
+    cpu = CpuWindow([os.getpid()], postmaster_pid).start()
+    while time.monotonic() < measure_until:
+        time.sleep(min(5.0, max(0.0, measure_until - time.monotonic())))
+        print(f"  {kind}: {len(latencies)} sagas measured", file=sys.stderr, flush=True)
+    app_cpu, db_cpu = cpu.stop()
+    for thread in threads:
+        thread.join(timeout=60)
+    count = len(latencies)
+    result = {
+        "kind": kind,
+        "clients": clients,
+        "seconds": seconds,
+        "sagas": count,
+        "failures": len(failures),
+        "failure_examples": failures[:3],
+        "sagas_per_second": round(count / seconds, 2),
+        "saga_latency": latency_ms(latencies),
+        "app_cpu_ms_per_saga": round(app_cpu / max(count, 1) * 1000, 2),
+        "db_cpu_ms_per_saga": round(db_cpu / max(count, 1) * 1000, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if kind == "plain":
+        database.close_pool()
+    else:
+        lifecycle.stop()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The benchmark's outputs: one JSON file per measure, a summary with the targets, and the
+table in docs/BENCHMARKS.md (between its markers)."""
+
+import json
+import os
+import platform
+import statistics
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+PACKAGES = ("dbos", "fastapi", "uvicorn", "psycopg", "sqlalchemy", "pydantic", "pgserver")
+IN_PROCESS = (("a_saga", "(a) order saga, in-process"), ("c_floor", "(c) DBOS floor, no-op steps"))
+PLAIN = ("d_plain", "(d) plain Python, no durability")
+HTTP = (
+    ("b_http_1_worker", "(b) HTTP, API + 1 worker"),
+    ("b_http_2_workers", "(b) HTTP, API + 2 workers"),
+)
+
+
+def machine(postgres_version: str) -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postgresql": postgres_version,
+        "packages": {name: metadata.version(name) for name in PACKAGES},
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: what it compares, the measured value, the goal, and whether it is met."""
+    found: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, goal: str, met: bool, how: str) -> None:
+        found.append({"target": name, "value": value, "goal": goal, "met": met, "how": how})
+
+    saga, floor = results["a_saga"], results["c_floor"]
+    # Round by round (each pair ran one after the other), then the median of the ratios: a
+    # slow spell of the shared machine then weighs on both sides of a ratio, not one.
+    pairs = zip(saga["rounds_sagas_per_second"], floor["rounds_sagas_per_second"], strict=True)
+    ratio = statistics.median(a / c for a, c in pairs)
+    add(
+        "(a)/(c) sagas/s",
+        round(ratio, 2),
+        ">= 0.8",
+        ratio >= 0.8,
+        "order saga / DBOS floor, median of the rounds' ratios",
+    )
+    for key, label in HTTP:
+        p99 = results[key]["at_half_capacity"]["post_latency"]["p99_ms"]
+        add(f"POST p99 at half capacity, {label[4:]}", p99, "<= 25 ms", p99 <= 25, "ms")
+    one, two = results["b_http_1_worker"], results["b_http_2_workers"]
+    scale = two["sagas_per_second"] / one["sagas_per_second"]
+    add("2 workers / 1 worker sagas/s", round(scale, 2), ">= 1.4", scale >= 1.4, "HTTP capacity")
+    recovery = results["recovery"]
+    add(
+        f"recovery of {recovery['sagas']} in-flight sagas",
+        recovery["ratio"],
+        "<= 2",
+        recovery["ratio"] <= 2 and recovery["audit_violations"] == 0,
+        "time with a crash of everything / undisturbed time",
+    )
+    waiting = results["waiting"]
+    memory = waiting["waiting_memory"]
+    total = round(memory["app_rss_mb"] + memory["postgres_mb"], 1)
+    add(
+        f"{waiting['sagas']} waiting sagas, memory of all processes",
+        total,
+        "< 500 MB",
+        total < 500,
+        "MB: API + workers (RSS) + PostgreSQL (unique + shared once)",
+    )
+    return found
+
+
+def write(
+    results: dict[str, Any], meta: dict[str, Any], results_dir: Path, doc: Path | None
+) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        _write_json(results_dir / f"{name}.json", {"meta": meta, name: result})
+    _write_json(results_dir / "summary.json", {"meta": meta})
+    if doc is not None:
+        text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        doc.write_text(f"{head}{BEGIN}\n{table(results, meta)}\n{END}{tail}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+def table(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The Markdown the bench writes into docs/BENCHMARKS.md."""
+    m = meta["machine"]
+    packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
+    lines = [
+        f"Run of {meta['date']}: `{meta['command']}` ({meta['seconds']:g} s measured per "
+        f"configuration; in-process: {meta['clients']} clients, the median of "
+        f"{meta['rounds']} rounds taken in turn; over HTTP: {meta['http_clients']} clients).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}; "
+        f"Python {m['python']}, PostgreSQL {m['postgresql']} (embedded); {packages}.",
+        "",
+        "| configuration | sagas/s | saga p50 / p99 ms | POST p50 / p99 ms | "
+        "app CPU ms/saga | PostgreSQL CPU ms/saga | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (*IN_PROCESS, PLAIN):
+        r = results[key]
+        lines.append(
+            f"| {label} | {r['sagas_per_second']:g} | {_pair(r['saga_latency'])} | - | "
+            f"{r['app_cpu_ms_per_saga']:g} | {r['db_cpu_ms_per_saga']:g} | {r['peak_rss_mb']:g} |"
+        )
+    for key, label in HTTP:
+        r = results[key]
+        half = r["at_half_capacity"]
+        lines.append(
+            f"| {label}: capacity | {r['sagas_per_second']:g} | {_pair(r['saga_latency'])} | "
+            f"{_pair(r['post_latency'])} | {r['app_cpu_ms_per_saga']:g} | "
+            f"{r['db_cpu_ms_per_saga']:g} | {r['peak_rss_mb']:g} |"
+        )
+        lines.append(
+            f"| {label}: at half capacity ({half['rate_per_second']:g}/s) | - | "
+            f"{_pair(half['saga_latency'])} | {_pair(half['post_latency'])} | - | - | - |"
+        )
+    recovery, waiting = results["recovery"], results["waiting"]
+    lines += [
+        "",
+        f"**Recovery.** {recovery['sagas']} sagas with PARTICIPANT_LATENCY_MS="
+        f"{recovery['participant_latency_ms']} on an API process and 2 workers: "
+        f"{recovery['undisturbed_seconds']:g} s undisturbed. Again with the API, both workers "
+        f"and PostgreSQL SIGKILLed {recovery['killed_after_seconds']:g} s in "
+        f"({recovery['in_flight_at_kill']} sagas not yet finished) and all restarted "
+        f"(PostgreSQL answering after {recovery['postgres_restart_seconds']:g} s, every "
+        f"process after {recovery['restart_seconds']:g} s): "
+        f"{recovery['with_crash_seconds']:g} s, {recovery['ratio']:g}x the undisturbed time. "
+        f"Final states {recovery['final_states']}; audit: "
+        f"{recovery['audit_violations']} violations.",
+        "",
+        f"**Waiting.** {waiting['sagas']} sagas in AWAITING_APPROVAL at once on an API process "
+        f"and 2 workers (placed and waiting in {waiting['seconds_to_all_waiting']:g} s; by "
+        f"worker {waiting['waiting_by_worker']}): the three processes "
+        f"{waiting['waiting_memory']['app_rss_mb']:g} MB RSS (idle: "
+        f"{waiting['idle_memory']['app_rss_mb']:g} MB, so about "
+        f"{waiting['app_rss_per_waiting_saga_kb']:g} KB per waiting saga), PostgreSQL "
+        f"{waiting['waiting_memory']['postgres_mb']:g} MB (idle: "
+        f"{waiting['idle_memory']['postgres_mb']:g} MB; {waiting['postgres_connections']} "
+        "connections). Approving all of them: "
+        f"{waiting['approve_calls_seconds']:g} s of approve calls, all COMPLETED "
+        f"{waiting['seconds_to_all_completed']:g} s after the first "
+        f"({waiting['approvals_per_second']:g} sagas/s).",
+        "",
+        "| target | measured | goal | met |",
+        "|---|---:|---:|:-:|",
+    ]
+    for target in meta["targets"]:
+        lines.append(
+            f"| {target['target']} ({target['how']}) | {target['value']:g} | "
+            f"{target['goal']} | {'yes' if target['met'] else '**no**'} |"
+        )
+    return "\n".join(lines)
+
+
+def _pair(latency: dict[str, float]) -> str:
+    return f"{latency['p50_ms']:g} / {latency['p99_ms']:g}"

@@ -1,0 +1,65 @@
+"""`BENCH_QUICK=1 make bench`: every measure of the benchmark runs on a small scale, with real
+processes and a real crash, and writes its results. The figures are not asserted (they are
+goals, reported in docs/BENCHMARKS.md); that every saga ended as it must, is."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chaos.service import ROOT
+
+MEASURES = ("a_saga", "c_floor", "d_plain", "b_http_1_worker", "b_http_2_workers")
+
+
+def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path: Path) -> None:
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nprose kept\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n")
+    env = {
+        **os.environ,
+        "BENCH_QUICK": "1",
+        "BENCH_RESULTS_DIR": str(tmp_path / "results"),
+        "BENCH_DOC": str(doc),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {
+        path.stem: json.loads(path.read_text()) for path in (tmp_path / "results").glob("*.json")
+    }
+    assert set(results) == {*MEASURES, "recovery", "waiting", "summary"}
+    for name in MEASURES:
+        measure = results[name][name]
+        assert measure["sagas"] > 0, measure
+        assert measure["failures"] == 0, measure
+        assert measure["saga_latency"]["p99_ms"] >= measure["saga_latency"]["p50_ms"] > 0
+        assert measure["app_cpu_ms_per_saga"] > 0
+        assert measure["peak_rss_mb"] > 0
+    for name in ("b_http_1_worker", "b_http_2_workers"):
+        half = results[name][name]["at_half_capacity"]
+        assert half["unfinished"] == 0, half
+        assert half["refused_posts"] == 0, half
+        assert half["post_latency"]["p50_ms"] > 0
+    recovery = results["recovery"]["recovery"]
+    assert recovery["in_flight_at_kill"] > 0, recovery  # the crash really hit sagas in flight
+    assert recovery["final_states"] == {"COMPLETED": recovery["sagas"]}, recovery
+    assert recovery["audit_violations"] == 0, recovery
+    waiting = results["waiting"]["waiting"]
+    assert sum(waiting["waiting_by_worker"].values()) == waiting["sagas"], waiting
+    assert waiting["waiting_memory"]["app_rss_mb"] > 0
+    targets = results["summary"]["meta"]["targets"]
+    assert len(targets) == 6
+    assert all(isinstance(t["met"], bool) for t in targets)
+    text = doc.read_text()
+    assert "prose kept" in text
+    assert "old" not in text
+    assert "(c) DBOS floor" in text
+    assert "BENCH_QUICK=1 make bench" in text
