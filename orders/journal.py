@@ -163,6 +163,17 @@ def approval_opened(conn: Conn, order_id: str, timeout_seconds: float) -> tuple[
     return (row[0], float(row[1])) if row else (None, 0.0)
 
 
+def approval_seconds_left(conn: Conn, order_id: str) -> float | None:
+    """Seconds until the order's approval deadline, by the database's clock (0 once passed;
+    None if no deadline was set)."""
+    row = conn.execute(
+        """SELECT GREATEST(0, EXTRACT(EPOCH FROM approval_deadline - now()))::float8
+             FROM orders.orders WHERE order_id = %s""",
+        (order_id,),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def approval_settled(conn: Conn, order_id: str) -> tuple[str | None, str | None]:
     """The decision that stands (approved, rejected, or else timed_out; none if a cancel
     ended the wait), and the cancel reason if a cancel was requested. Whoever wrote first

@@ -52,3 +52,15 @@ def record_failure(order_id: str, reason: str) -> None:
     """Mark the saga FAILED once everything it did has been undone."""
     with database.connection() as conn:
         journal.saga_failed(conn, order_id, reason)
+
+
+@database.outlasting_outages
+def seconds_until_deadline(order_id: str, recorded: float) -> float:
+    """How long the saga's approval wait lasts if it begins now: until the deadline in the
+    order's row. Not a step, on purpose: a step's recorded answer would be replayed after a
+    crash between it and the wait, and the wait would then add the downtime to the deadline.
+    Read again on every replay, it only sets the length of a wait not yet begun (DBOS keeps
+    the end of one that began). `recorded`: open_approval's answer, if the row has none."""
+    with database.connection() as conn:
+        left = journal.approval_seconds_left(conn, order_id)
+    return recorded if left is None else left

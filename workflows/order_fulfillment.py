@@ -13,7 +13,13 @@ from steps.inventory import release_reservation, reserve_inventory
 from steps.notifications import send_cancellation_notice, send_confirmation
 from steps.payments import process_payment, refund_payment
 from steps.runner import StepFailed
-from steps.saga import open_approval, park_saga, record_failure, settle_approval
+from steps.saga import (
+    open_approval,
+    park_saga,
+    record_failure,
+    seconds_until_deadline,
+    settle_approval,
+)
 from steps.shipping import cancel_shipment, create_shipment
 
 Compensation = Callable[[Order, str], Outcome]
@@ -91,7 +97,8 @@ def wait_for_approval(order_id: str, timeout_seconds: float) -> None:
     cancel = opening["cancel"]
     if cancel is None:
         # Woken by a decision or a cancel, or not before the deadline in the order's row.
-        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=opening["seconds_left"])
+        seconds = seconds_until_deadline(order_id, opening["seconds_left"])
+        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=seconds)
         settled = settle_approval(order_id)
         cancel = settled["cancel"]
         if cancel is None and settled["decision"] == "rejected":
