@@ -3,39 +3,24 @@ worker processes that run the sagas (`make cluster`), driven over HTTP."""
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
 
 from bench.measure import CpuWindow, latency_ms, peak_rss_mb, postgres_memory_mb, rss_mb
+from bench.orders import order_body
 from chaos.service import ServiceProcess
 from orders.model import TERMINAL_STATES
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
+R = TypeVar("R")
 POLL_SECONDS = 0.02  # how often the watcher looks for sagas that ended
-
-
-def order_body(sku: str) -> dict[str, Any]:
-    return {
-        "order_id": f"ord_bench_{uuid.uuid4().hex}",
-        "customer_id": "bench",
-        "customer_email": "bench@example.com",
-        "items": [{"sku": sku, "quantity": 1}],
-        "payment_method": "pm_card_visa",
-        "shipping_address": {
-            "name": "Ada",
-            "line1": "1 Main St",
-            "city": "Springfield",
-            "postal_code": "12345",
-            "country": "US",
-        },
-    }
 
 
 class Cluster:
@@ -253,26 +238,56 @@ def steady(
     }
 
 
+def each(
+    base_url: str,
+    items: list[T],
+    call: Callable[[httpx.Client, T], R],
+    clients: int,
+    progress: Progress,
+    done_what: str,
+) -> list[R]:
+    """`call` on every item, `clients` at a time over one HTTP client; progress every 500."""
+    done = 0
+    lock = threading.Lock()
+
+    def one(item: T) -> R:
+        nonlocal done
+        result = call(http, item)
+        with lock:
+            done += 1
+            if done % 500 == 0:
+                progress(f"{done} of {len(items)} {done_what}")
+        return result
+
+    with shared_client(base_url) as http, ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, items))
+
+
 def place_many(
     api: ServiceProcess, bodies: list[dict[str, Any]], clients: int, progress: Progress
 ) -> list[Sent]:
     """POST every order, `clients` at a time; each must be accepted."""
-    done = 0
-    lock = threading.Lock()
 
-    def one(body: dict[str, Any]) -> Sent:
-        nonlocal done
+    def place(http: httpx.Client, body: dict[str, Any]) -> Sent:
         result = post_order(http, body)
         if result.status != 202:
             raise RuntimeError(f"POST /orders answered {result.status}")
-        with lock:
-            done += 1
-            if done % 500 == 0:
-                progress(f"{done} of {len(bodies)} orders placed")
         return result
 
-    with shared_client(api.url) as http, ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, bodies))
+    return each(api.url, bodies, place, clients, progress, "orders placed")
+
+
+def approve_all(
+    api: ServiceProcess, order_ids: list[str], clients: int, progress: Progress
+) -> None:
+    """Approve every waiting order, `clients` at a time; each must be accepted."""
+
+    def approve(http: httpx.Client, order_id: str) -> None:
+        response = http.post(f"/orders/{order_id}/approve", json={})
+        if response.status_code != 202:
+            raise RuntimeError(f"approve {order_id}: {response.status_code} {response.text}")
+
+    each(api.url, order_ids, approve, clients, progress, "approved")
 
 
 def count_states(url: str, order_ids: list[str]) -> dict[str, int]:

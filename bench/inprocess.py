@@ -20,13 +20,13 @@ import resource
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from typing import TypedDict
+from typing import TypedDict, cast
 
 from dbos import DBOS, SetWorkflowID
 
 from bench.measure import CpuWindow, latency_ms
+from bench.orders import order_body
 from orders import intake
 from orders.model import Order, idempotency_key
 from runtime import database, lifecycle
@@ -73,20 +73,7 @@ def floor_saga(order: Order, policy: order_fulfillment.Policy) -> order_fulfillm
 
 
 def order_request() -> Order:
-    return {
-        "order_id": f"ord_bench_{uuid.uuid4().hex}",
-        "customer_id": "bench",
-        "customer_email": "bench@example.com",
-        "items": [{"sku": SKU, "quantity": 1}],
-        "payment_method": "pm_card_visa",
-        "shipping_address": {
-            "name": "Ada",
-            "line1": "1 Main St",
-            "city": "Springfield",
-            "postal_code": "12345",
-            "country": "US",
-        },
-    }
+    return cast(Order, order_body(SKU))
 
 
 def run_saga() -> str:

@@ -87,6 +87,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def problems(results: dict[str, Any]) -> list[str]:
+    """What makes the run's figures wrong: sagas that did not complete, a dirty audit."""
+    found = [
+        f"{name}: {result['failures']} sagas did not complete"
+        for name, result in results.items()
+        if result.get("failures")
+    ]
+    for name, result in results.items():
+        half = result.get("at_half_capacity", {})
+        if half.get("unfinished") or half.get("refused_posts"):
+            found.append(
+                f"{name}: at half capacity, {half['unfinished']} sagas unfinished, "
+                f"{half['refused_posts']} POSTs refused"
+            )
+    recovery = results["recovery"]
+    if recovery["audit_violations"] or set(recovery["final_states"]) != {"COMPLETED"}:
+        found.append(f"recovery: {recovery['final_states']}, audit {recovery['audit_examples']}")
+    return found
+
+
 def write(
     results: dict[str, Any], meta: dict[str, Any], results_dir: Path, doc: Path | None
 ) -> None:

@@ -9,10 +9,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from psycopg import sql
 from bench import cluster
 from bench.cluster import Cluster
 from bench.measure import peak_rss_mb
+from bench.orders import order_body
 from chaos.postgres import CrashablePostgres
 from chaos.service import ROOT, environment_without_knobs
 from orders.audit import audit
@@ -202,7 +201,7 @@ class Bench:
             conn.execute("CHECKPOINT")
         group.start()
         try:
-            first = [cluster.order_body(SKU) for _ in range(count)]
+            first = [order_body(SKU) for _ in range(count)]
             began = time.time()
             cluster.place_many(group.api, first, self.config.http_clients, progress)
             ids = [body["order_id"] for body in first]
@@ -211,7 +210,7 @@ class Bench:
             )
             progress(f"{count} sagas undisturbed: {undisturbed:.1f} s; again, with a crash")
 
-            second = [cluster.order_body(SKU) for _ in range(count)]
+            second = [order_body(SKU) for _ in range(count)]
             ids = [body["order_id"] for body in second]
             began = time.time()
             cluster.place_many(group.api, second, self.config.http_clients, progress)
@@ -258,7 +257,7 @@ class Bench:
         group.start()
         try:
             idle = cluster.memory_now(group, self.postmaster_pid)
-            bodies = [cluster.order_body(SKU) for _ in range(count)]
+            bodies = [order_body(SKU) for _ in range(count)]
             ids = [body["order_id"] for body in bodies]
             began = time.time()
             cluster.place_many(group.api, bodies, self.config.http_clients, progress)
@@ -271,7 +270,7 @@ class Bench:
             by_worker = self._waiting_by_executor(ids)
             progress(f"all {count} waiting after {all_waiting - began:.1f} s; {held}")
             approving = time.time()
-            self._approve_all(group, ids, progress)
+            cluster.approve_all(group.api, ids, self.config.http_clients, progress)
             approved = time.time()
             done = cluster.wait_for_states(self.url, ids, frozenset({"COMPLETED"}), 900, progress)
             peak = group.peak_rss_mb()
@@ -314,26 +313,6 @@ class Bench:
                 (order_ids,),
             ).fetchall()
         return {str(executor): int(n) for executor, n in rows}
-
-    def _approve_all(self, group: Cluster, ids: list[str], progress: Callable[[str], None]) -> None:
-        lock = threading.Lock()
-        done = 0
-
-        def approve(order_id: str) -> None:
-            nonlocal done
-            response = http.post(f"/orders/{order_id}/approve", json={})
-            if response.status_code != 202:
-                raise RuntimeError(f"approve {order_id}: {response.status_code} {response.text}")
-            with lock:
-                done += 1
-                if done % 500 == 0:
-                    progress(f"{done} of {len(ids)} approved")
-
-        with (
-            cluster.shared_client(group.api.url) as http,
-            ThreadPoolExecutor(self.config.http_clients) as pool,
-        ):
-            list(pool.map(approve, ids))
 
 
 def prepare(url: str) -> None:
