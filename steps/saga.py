@@ -1,13 +1,18 @@
 """The saga's own bookkeeping steps: no downstream call, one journal write each. Each waits
 out a database outage rather than use up its tries (runtime.database)."""
 
+import logging
 from typing import TypedDict
 
+import psycopg
 from dbos import DBOS
+from psycopg_pool import PoolTimeout
 
 from orders import journal
 from runtime import database
 from steps import runner
+
+log = logging.getLogger(__name__)
 
 
 class Settlement(TypedDict):
@@ -60,7 +65,12 @@ def seconds_until_deadline(order_id: str, recorded: float) -> float:
     order's row. Not a step, on purpose: a step's recorded answer would be replayed after a
     crash between it and the wait, and the wait would then add the downtime to the deadline.
     Read again on every replay, it only sets the length of a wait not yet begun (DBOS keeps
-    the end of one that began). `recorded`: open_approval's answer, if the row has none."""
-    with database.connection() as conn:
-        left = journal.approval_seconds_left(conn, order_id)
+    the end of one that began). `recorded`: open_approval's answer, used if the row cannot
+    be read (an error here must not fail the saga) or has no deadline."""
+    try:
+        with database.connection() as conn:
+            left = journal.approval_seconds_left(conn, order_id)
+    except (psycopg.Error, PoolTimeout):
+        log.warning("could not read the approval deadline of %s", order_id, exc_info=True)
+        return recorded
     return recorded if left is None else left
