@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypedDict, cast
+from typing import TypedDict, TypeVar, cast
 
 from dbos import DBOS, SetWorkflowID
 
@@ -36,6 +36,7 @@ from services import inventory, notifications, payments, shipping
 from workflows import order_fulfillment
 
 SKU = os.environ.get("BENCH_SKU", "BENCH-ITEM")
+T = TypeVar("T")
 
 
 class Done(TypedDict):
@@ -93,42 +94,36 @@ def run_floor() -> str:
 
 
 def run_plain() -> str:
-    with database.connection() as conn:
-        placement = intake.place(conn, dict(order_request()), None)
-    order = placement.order
+    order = once(lambda conn: intake.place(conn, dict(order_request()), None)).order
     order_id = order["order_id"]
-    with database.connection() as conn:
-        reservation = inventory.reserve_inventory(
-            conn,
-            idempotency_key(order_id, "reserve_inventory"),
-            order_id,
-            [dict(item) for item in order["items"]],
-        )
-    with database.connection() as conn:
-        payments.process_payment(
-            conn,
-            idempotency_key(order_id, "process_payment"),
-            order_id,
-            int(reservation["total_cents"]),
-            order["payment_method"],
-        )
-    with database.connection() as conn:
-        shipping.create_shipment(
-            conn,
-            idempotency_key(order_id, "create_shipment"),
-            order_id,
-            dict(order["shipping_address"]),
-        )
-    with database.connection() as conn:
-        notifications.send_confirmation(
-            conn, idempotency_key(order_id, "send_confirmation"), order_id, order["customer_email"]
-        )
-    with database.connection() as conn:
-        conn.execute(
+
+    def key(operation: str) -> str:
+        return idempotency_key(order_id, operation)
+
+    # One pooled connection per operation, as the saga's steps take them.
+    items = [dict(item) for item in order["items"]]
+    reservation = once(
+        lambda conn: inventory.reserve_inventory(conn, key("reserve_inventory"), order_id, items)
+    )
+    total = int(reservation["total_cents"])
+    method, address = order["payment_method"], dict(order["shipping_address"])
+    once(lambda c: payments.process_payment(c, key("process_payment"), order_id, total, method))
+    once(lambda c: shipping.create_shipment(c, key("create_shipment"), order_id, address))
+    email = order["customer_email"]
+    once(lambda c: notifications.send_confirmation(c, key("send_confirmation"), order_id, email))
+    once(
+        lambda c: c.execute(
             "UPDATE orders.orders SET state = 'COMPLETED', updated_at = now() WHERE order_id = %s",
             (order_id,),
         )
+    )
     return "COMPLETED"
+
+
+def once(action: Callable[[database.Connection], T]) -> T:
+    """`action` on a pooled connection of its own."""
+    with database.connection() as conn:
+        return action(conn)
 
 
 KINDS: dict[str, Callable[[], str]] = {"saga": run_saga, "floor": run_floor, "plain": run_plain}
