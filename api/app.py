@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings  # what api.access checks tokens against
     access.warn_if_exposed(settings)
+    app.add_middleware(db.DatabaseBudget)
     app.add_middleware(BodySizeLimit)
     errors.install(app)
     app.include_router(orders.router, responses=UNAVAILABLE)

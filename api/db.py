@@ -1,30 +1,73 @@
 """How HTTP handlers use the database: never waiting on it for long.
 
-While the database is down, a call answers 503 within DB_WAIT_SECONDS (api/errors.py) instead
-of hanging; a client retries it, and the same Idempotency-Key makes the retry safe.
+Each HTTP call has DB_WAIT_SECONDS for all its database work, from the moment it arrives:
+waiting for a pooled connection, its statements, and the DBOS calls it makes. While the
+database is down, or the path to it stalls or goes half-open, the call answers 503 by then
+(api/errors.py) instead of hanging; a client retries it, and the same Idempotency-Key makes
+the retry safe.
 """
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import psycopg
 import sqlalchemy.exc
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import database
 from runtime.settings import get_settings
 
+# When the current HTTP call's database work must be over (a time.monotonic() value).
+_deadline: ContextVar[float | None] = ContextVar("database_deadline", default=None)
+
+
+@contextmanager
+def budget(seconds: float | None = None) -> Iterator[None]:
+    """Within the block, database work must be over `seconds` (default DB_WAIT_SECONDS)
+    from now. Threads the block starts through FastAPI's thread pool inherit it."""
+    wait = get_settings().db_wait_seconds if seconds is None else seconds
+    token = _deadline.set(time.monotonic() + wait)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def deadline() -> float:
+    """The current call's deadline (outside a call: DB_WAIT_SECONDS from now)."""
+    at = _deadline.get()
+    return time.monotonic() + get_settings().db_wait_seconds if at is None else at
+
+
+class DatabaseBudget:
+    """ASGI middleware: every HTTP call gets its budget of DB_WAIT_SECONDS on arrival."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with budget():
+            await self.app(scope, receive, send)
+
 
 @contextmanager
 def connection() -> Iterator[database.Connection]:
-    """A pooled connection, or DatabaseUnavailable / PoolTimeout after DB_WAIT_SECONDS."""
-    with database.connection(timeout=get_settings().db_wait_seconds) as conn:
+    """A pooled connection for the current call's remaining budget: DatabaseUnavailable or
+    PoolTimeout if none came free in time, DatabaseUnavailable if the work on it did not
+    end in time (the connection is then cut)."""
+    with database.connection(deadline=deadline()) as conn:
         yield conn
 
 
 def within_wait(call: Callable[[], None]) -> None:
-    """Run a DBOS call, answering DatabaseUnavailable if it has not returned within
-    DB_WAIT_SECONDS. The call goes on in its own thread through an outage and takes effect
+    """Run a DBOS call, answering DatabaseUnavailable if it has not returned within the
+    current call's budget. The call goes on in its own thread through an outage and takes effect
     once the database is back (a saga start or a wake-up is idempotent), so an order stored
     just before the database went away still gets its saga, whether or not the client
     comes back."""
@@ -41,7 +84,7 @@ def within_wait(call: Callable[[], None]) -> None:
 
     # A daemon thread: one still waiting for the database must not hold the process's exit.
     threading.Thread(target=run, name="api-dbos-call", daemon=True).start()
-    if not done.wait(get_settings().db_wait_seconds):
+    if not done.wait(max(deadline() - time.monotonic(), 0.0)):
         raise database.DatabaseUnavailable(
             f"the database did not answer within DB_WAIT_SECONDS={get_settings().db_wait_seconds}"
         )

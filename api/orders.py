@@ -115,12 +115,12 @@ async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
 
 
 def _has_ended(order_id: str) -> bool:
-    with db.connection() as conn:
+    with db.budget(), db.connection() as conn:  # each look has its own budget
         return views.has_ended(conn, order_id)
 
 
 def _view(order_id: str) -> dict[str, Any] | None:
-    with db.connection() as conn:
+    with db.budget(), db.connection() as conn:
         return views.order_view(conn, order_id)
 
 

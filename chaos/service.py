@@ -111,6 +111,16 @@ class ServiceProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def wait_for_exit(self, timeout: float) -> int:
+        """Wait until the running process exits by itself; its exit code."""
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the service did not exit within {timeout} s") from None
+        self._proc = None
+        return code
+
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind runs."""
         assert self._proc is not None

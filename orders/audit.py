@@ -75,30 +75,30 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         with conn.cursor(row_factory=dict_row) as cur:
             return cur.execute(sql, params).fetchall()
 
+    # An executor is alive only if its lock is held AND its heartbeat is within its lease
+    # (runtime/executors.py): a session holding the lock of a process that stopped beating
+    # is an orphan, and the sagas of that executor are stuck until someone ends it.
     sagas = rows(
         """SELECT o.order_id, o.saga_id, o.state, o.total_cents, o.request -> 'items' AS items,
                   o.created_at < now() - make_interval(secs => %s) AS past_grace,
                   w.status AS dbos_status, w.executor_id,
-                  (w.executor_id IS NOT NULL AND EXISTS (
-                      SELECT 1 FROM pg_locks l WHERE """
-        + executors.lock_held_sql("%s || w.executor_id")
-        + """)) AS executor_alive
+                  (w.executor_id IS NOT NULL AND """
+        + executors.alive_sql("w.executor_id")
+        + """) AS executor_alive,
+                  (SELECT extract(epoch FROM now() - e.heartbeat_at)::float8
+                     FROM orders.executors e WHERE e.executor_id = w.executor_id)
+                      AS heartbeat_age
              FROM orders.orders o
              LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = o.saga_id
             ORDER BY o.created_at""",
-        (UNSTARTED_GRACE_SECONDS, executors.LOCK_PREFIX),
+        (UNSTARTED_GRACE_SECONDS,),
     )
-    # Any live process at all (for ENQUEUED sagas, which any process may dequeue): a lock on
-    # the id of any executor DBOS knows of.
+    # Any live process at all (for ENQUEUED sagas, which any process may dequeue).
     any_executor_alive = bool(
         rows(
-            """SELECT 1 FROM (SELECT DISTINCT executor_id FROM dbos.workflow_status
-                               WHERE executor_id IS NOT NULL) e
-                 JOIN pg_locks l ON """
-            + executors.lock_held_sql("%s || e.executor_id")
-            + """
-                LIMIT 1""",
-            (executors.LOCK_PREFIX,),
+            "SELECT 1 FROM orders.executors x WHERE "
+            + executors.alive_sql("x.executor_id")
+            + " LIMIT 1"
         )
     )
     effects: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
@@ -216,10 +216,12 @@ def _check_progress(report: Report, saga: dict[str, Any]) -> None:
     elif status == "SUCCESS" and state not in TERMINAL_STATES:
         report.violation("stuck", saga, f"{state}, but its DBOS workflow has returned")
     elif status == "PENDING" and not saga["executor_alive"]:
+        age = saga["heartbeat_age"]
         report.violation(
             "stuck",
             saga,
-            f"{state} (DBOS PENDING), but no live process holds {saga['executor_id']!r}",
+            f"{state} (DBOS PENDING), but no live process holds {saga['executor_id']!r}"
+            + ("" if age is None else f" (its last heartbeat is {age:.0f} s old)"),
         )
     elif status == "ENQUEUED" and not saga["any_executor_alive"]:
         report.violation("stuck", saga, f"{state} (DBOS ENQUEUED), but no live process runs sagas")

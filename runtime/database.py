@@ -11,7 +11,7 @@ from typing import Any, ParamSpec, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from runtime import embedded
+from runtime import deadlines, embedded
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ LIVENESS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 20_000,
 }  # the longest wait between two probes while the database is down
+APP_NAME = "order-saga app"  # application_name of the app's pooled sessions (pg_stat_activity)
+# A session whose client vanished mid-transaction (a half-open connection) would hold its
+# row locks until the server noticed; the server ends it after this long instead. Our
+# transactions and DBOS's last milliseconds, so this is far from any legitimate pause.
+IDLE_IN_TRANSACTION_SECONDS = 10.0
 
 
 class RuntimeStopped(BaseException):
@@ -53,6 +58,13 @@ def resolve_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     return embedded.start(settings.data_dir)
+
+
+def url() -> str:
+    """The URL of the database the pool is open on."""
+    if _url is None:
+        raise RuntimeStopped("the database pool is not open")
+    return _url
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -74,7 +86,7 @@ def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
         url,
         min_size=1,
         max_size=size,
-        kwargs={"autocommit": True, **LIVENESS},
+        kwargs={"autocommit": True, "application_name": APP_NAME, **LIVENESS},
         timeout=30,
         # A failed reconnection is retried with doubling waits; cap them, so that the pool
         # is whole again within seconds of a database outage ending, not minutes.
@@ -90,6 +102,9 @@ def open_pool(url: str, size: int, statement_timeout_seconds: float) -> None:
 def _configure(conn: Connection, timeout_seconds: float) -> None:
     conn.execute("SET TIME ZONE 'UTC'")  # every time the API shows is UTC
     conn.execute(f"SET statement_timeout = {int(timeout_seconds * 1000)}")
+    conn.execute(
+        f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_SECONDS * 1000)}"
+    )
 
 
 # A connection that sat idle may have been cut (a database restart) without the pool
@@ -113,23 +128,37 @@ def close_pool() -> None:
 
 
 @contextmanager
-def connection(timeout: float | None = None) -> Iterator[Connection]:
+def connection(
+    timeout: float | None = None, *, deadline: float | None = None
+) -> Iterator[Connection]:
     """A pooled autocommit connection; use `with conn.transaction():` for atomic work.
 
-    `timeout`: how long to wait for a free connection (default: the pool's 30 s). Raises
-    DatabaseUnavailable when the database cannot be reached or cut the connection, and
-    PoolTimeout when it can be reached but no connection was free in time.
+    `timeout`: how long to wait for a free connection (default: the pool's 30 s).
+    `deadline` (a time.monotonic() value): the wait and all the work on the connection must
+    end by then; if they have not, the connection is cut from this side (runtime.deadlines),
+    so that a stalled or half-open network path cannot hold the caller any longer.
+
+    Raises DatabaseUnavailable when the database cannot be reached, cut the connection, or
+    did not answer by the deadline, and PoolTimeout when it can be reached but no connection
+    was free in time.
     """
     pool = _pool
     if pool is None:
         raise RuntimeStopped("the database pool is closed")
+    if deadline is not None:
+        left = max(deadline - time.monotonic(), 0.001)
+        timeout = left if timeout is None else min(timeout, left)
     try:
-        with pool.connection(timeout=timeout) as conn:
+        with pool.connection(timeout=timeout) as conn, deadlines.cut_at(conn, deadline):
             yield conn
             _returned_at[id(conn)] = time.monotonic()  # it just worked
     except PoolClosed as error:
         raise RuntimeStopped("the database pool is closed") from error
+    except deadlines.DeadlinePassed as error:
+        raise DatabaseUnavailable("the database did not answer in time") from error
     except PoolTimeout as error:
+        if deadline is not None:  # no time is left to probe: the wait was all of it
+            raise DatabaseUnavailable(f"no database connection in time: {error}") from error
         if not reachable():
             raise DatabaseUnavailable(f"the database cannot be reached: {error}") from error
         raise

@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         description="How often a worker looks for new sagas on the queue (their start delay)",
     )
     takeover_after_seconds: float = Field(
-        default=15.0, gt=0, description="A silent worker is dead after this; its sagas move"
+        default=15.0,
+        ge=1,
+        description="This process's lease: once its heartbeat is this old it is dead to "
+        "everyone, and stops acting itself a little before; a dead worker's sagas move",
     )
     executor_id: str = Field(default="local", min_length=1)
     executor_lock_wait_seconds: float = Field(

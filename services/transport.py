@@ -12,6 +12,9 @@ from services import faults
 from services.outcomes import ServiceUnavailable
 
 T = TypeVar("T")
+# A database that is slow but reachable is stopped by its own statement_timeout (the same
+# STEP_TIMEOUT_SECONDS); a stalled network path is cut from this side this long after it.
+CUT_GRACE_SECONDS = 1.0
 
 
 def call(operation: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
@@ -25,7 +28,9 @@ def call(operation: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
     """
     settings = get_settings()
     deadline = time.monotonic() + settings.step_timeout_seconds
-    with database.connection(timeout=_left(deadline)) as conn:
+    with database.connection(
+        timeout=_left(deadline), deadline=deadline + CUT_GRACE_SECONDS
+    ) as conn:
         switch = faults.switch(conn, operation)
         if switch.down:
             raise ServiceUnavailable(f"{operation}: service unreachable (fault switch is on)")
@@ -35,7 +40,9 @@ def call(operation: str, action: Callable[[psycopg.Connection[Any]], T]) -> T:
             _travel(0, deadline, operation)  # it answered, but maybe too late
             return result
     _travel(half_trip, deadline, operation)
-    with database.connection(timeout=_left(deadline)) as conn:
+    with database.connection(
+        timeout=_left(deadline), deadline=deadline + CUT_GRACE_SECONDS
+    ) as conn:
         result = action(conn)
     _travel(half_trip, deadline, operation)
     return result

@@ -9,7 +9,7 @@ import psycopg_pool
 
 from orders import journal
 from orders.model import StepKind
-from runtime import database
+from runtime import database, lease
 from runtime.settings import get_settings
 from services import transport
 from services.outcomes import Outcome, ServiceUnavailable, is_refused
@@ -61,8 +61,9 @@ def run(
     nothing, though an earlier one, cut short by a crash, may have), or `"cancel_requested"`
     added to the outcome if it came during the call.
 
-    While the database cannot be reached, the step waits for it (runtime.database) and uses
-    up none of its tries. A forward step's transient errors propagate for DBOS to retry.
+    While the database cannot be reached, or this process's lease on its executor id has
+    lapsed, the step waits (runtime.database, runtime.lease) and uses up none of its tries.
+    A forward step's transient errors propagate for DBOS to retry.
     Anything else, the journal's own writes included, and every error of a compensation,
     becomes StepFailed, so the workflow sees the same class of error on its first run as on
     a replay.
@@ -91,6 +92,9 @@ def _run_once(
         return cancelled(start.cancel, may_have_acted=start.began_before), None
     if start.completed is not None:  # it completed before a crash: that outcome stands
         return dict(start.completed), None
+    # Only while this process's lease holds: once it has lapsed, another process may soon
+    # take this saga over, and the two must not both act (runtime/lease.py).
+    lease.wait_until_held()
     outcome = transport.call(name, action)
     with database.connection() as conn:
         return outcome, journal.step_finished(conn, order_id, kind, name, outcome)

@@ -120,8 +120,9 @@ def test_a_worker_restarted_with_its_id_resumes_its_own_sagas(
 def test_a_live_worker_is_never_taken_over(
     processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
 ) -> None:
-    """w1 runs long sagas while w2 checks for dead executors every few seconds: w1 keeps
-    its lock and heartbeat, so none of its sagas moves."""
+    """w1 runs sagas whose steps take longer than its lease, while w2 checks for dead
+    executors every few seconds: w1 beats several times within each lease (and holds its
+    lock), so none of its sagas moves."""
     env = {"PARTICIPANT_LATENCY_MS": "1500", "TAKEOVER_AFTER_SECONDS": "2"}
     api = spawn(processes, service_db, "api", **env)
     spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
