@@ -1,8 +1,10 @@
-"""The chaos run: a mixed workload over HTTP while the service is SIGKILLed and PostgreSQL
-crashes, then a count of what was lost, done twice, or left stuck.
+"""The chaos run: a mixed workload over HTTP while the service is SIGKILLed, PostgreSQL
+crashes and the network between them misbehaves, then a count of what was lost, done twice,
+or left stuck.
 
 Everything is real: the service is `python -m api` in a subprocess, the database is an
-embedded PostgreSQL of the run's own (chaos/postgres.py), clients speak HTTP. Every order
+embedded PostgreSQL of the run's own (chaos/postgres.py), reached through a fault proxy
+(chaos/faultproxy.py, driven by chaos/network.py), and clients speak HTTP. Every order
 the API accepted (202) must end COMPLETED or FAILED, and the audit (orders/audit.py) must
 find every effect matching its saga's final state.
 """
@@ -22,6 +24,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from chaos import network
+from chaos.faultproxy import FaultProxy
+from chaos.network import NetworkSaboteur
 from chaos.postgres import CrashablePostgres
 from chaos.service import ServiceProcess, environment_without_knobs
 from orders.audit import Report, audit
@@ -79,6 +84,7 @@ class Config:
     db_crashes: int | None = None  # default: one per 90 s, at least one
     db_down: tuple[float, float] = (2.0, 6.0)  # seconds the database stays down
     fault_gap: tuple[float, float] = (1.0, 4.0)
+    net_gap: tuple[float, float] = (1.0, 3.0)  # seconds between two network faults
     drain_seconds: float = 240.0  # at the end, how long sagas get to finish
     workdir: Path | None = None
     keep: bool = False  # keep the database even after a clean run
@@ -109,6 +115,7 @@ class Result:
     states: Counter[str]
     kills: int
     db_restarts: int
+    network: Counter[str]  # the network faults that struck, by kind (chaos/network.py)
     lost: int
     duplicated: int
     stuck: int
@@ -136,7 +143,8 @@ class Result:
         states = ", ".join(f"{s} {n}" for s, n in sorted(self.states.items()))
         return (
             f"chaos: {self.seconds:.0f} s, {self.sagas} sagas ({states}), {self.kills} kills, "
-            f"{self.db_restarts} database restarts, {self.lost} lost, "
+            f"{self.db_restarts} database restarts, {network.describe(self.network)}, "
+            f"{self.lost} lost, "
             f"{self.duplicated} duplicated, {self.stuck} stuck, {self.wrong} wrong outcomes; "
             f"{self.posts} POSTs, {self.post_503} answered 503 (slowest {self.slowest_503:.1f} s)"
             + (f"; never exercised: {', '.join(self.unexercised)}" if self.unexercised else "")
@@ -176,8 +184,12 @@ def run(config: Config) -> Result:
     workdir = config.workdir or Path(tempfile.mkdtemp(prefix="saga-chaos-"))
     pg = CrashablePostgres(workdir)
     url = pg.start()
-    service = ServiceProcess(url, base_env={**environment_without_knobs(), **SERVICE_ENV})
+    proxy = FaultProxy(url).start()
+    service = ServiceProcess(
+        proxy.url_for(url), base_env={**environment_without_knobs(), **SERVICE_ENV}
+    )
     shared = Shared(service=service, rng=rng)
+    saboteur = NetworkSaboteur(proxy, rng, config.net_gap)
     started = time.monotonic()
     result: Result | None = None
     try:
@@ -193,7 +205,9 @@ def run(config: Config) -> Result:
         threads.append(threading.Thread(target=_operator, args=(shared,), daemon=True))
         for thread in threads:
             thread.start()
+        saboteur.start()
         _disrupt(shared, pg, config, started)
+        saboteur.stop()
         _check_alive(shared)
         shared.stop_load.set()
         for thread in threads:
@@ -205,10 +219,13 @@ def run(config: Config) -> Result:
         with psycopg.connect(url, autocommit=True) as conn:
             report = audit(conn)
             result = _result(shared, conn, report, states, time.monotonic() - started, workdir)
+            result.network = saboteur.counts()
         if config.seconds >= MIN_SECONDS_FOR_COVERAGE:  # long enough to place every kind
             result.unexercised = sorted(set(KINDS) - set(result.coverage))
     finally:
+        saboteur.stop()
         service.stop()
+        proxy.stop()
         keep = config.keep or result is None or not result.clean
         pg.stop(delete=not keep)
         if keep:
@@ -554,6 +571,7 @@ def _result(
         states=states,
         kills=shared.kills,
         db_restarts=shared.db_restarts,
+        network=Counter(),
         lost=len(lost),
         duplicated=duplicated,
         stuck=len(stuck),

@@ -1,7 +1,9 @@
 """The suite's real PostgreSQL, the app served for real, and helpers every tier uses.
 
 App modules are imported inside fixtures only: settings are read on first import, and
-DATABASE_URL is pointed at a fresh test database in pytest_configure first.
+DATABASE_URL is pointed at a fresh test database in pytest_configure first. Under
+pytest-xdist every worker process does this for itself (its own embedded server, or its own
+databases on DATABASE_URL's); the controller runs no test and needs none.
 """
 
 import os
@@ -20,7 +22,15 @@ EXIT_STATUS = pytest.StashKey[int]()
 os.environ.update(knobs.IN_PROCESS)
 
 
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in pytest-xdist's controller, which only hands tests to its workers."""
+    workers = getattr(config.option, "numprocesses", None)
+    return hasattr(config, "workerinput") or not workers
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if not _runs_tests(config):
+        return
     postgres.start(os.environ.get("DATABASE_URL"))
     os.environ["DATABASE_URL"] = postgres.create_database()
 
@@ -32,6 +42,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     from runtime.exit import exit_if_sagas_wait
 
+    if not _runs_tests(config):
+        return
     postgres.drop_database(os.environ["DATABASE_URL"])
     postgres.stop()
     # Sagas left waiting (approval, parked) sit in DBOS threads that would hold the exit.

@@ -1,9 +1,11 @@
-"""A short `make chaos` run in the suite: the service SIGKILLed twice and PostgreSQL crashed
-once under a mixed load, then nothing may be lost, done twice, stuck, or answered wrongly."""
+"""A short `make chaos` run in the suite: the service SIGKILLed twice, PostgreSQL crashed
+once and the network between them misbehaving under a mixed load, then nothing may be lost,
+done twice, stuck, or answered wrongly."""
 
 import tempfile
 from pathlib import Path
 
+from chaos import network
 from chaos.run import Config, run
 
 
@@ -24,6 +26,7 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
     assert result.clean
     assert result.kills >= 2
     assert result.db_restarts == 1
+    assert network.total(result.network) >= 3, result.network
     assert result.post_503 >= 1  # the database really was gone while clients were posting
     assert result.sagas >= 50
     assert set(result.coverage) >= {"visa", "declined", "cancel", "approve", "reject"}

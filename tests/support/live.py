@@ -14,7 +14,11 @@ class LiveServer:
     def __init__(self, app: FastAPI) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        # Keep-alive longer than uvicorn's 5 s: tests make clients ahead of time, and a
+        # connection closed by the server as a client reuses it is a reset, not an answer.
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_keep_alive=120
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
 
