@@ -2,7 +2,10 @@
 
 import logging
 import threading
+import time
 
+import psycopg
+import sqlalchemy.exc
 from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
 from orders import control, intake
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "order-saga"
 
+LAUNCH_TRIES = 5
 SWEEP_INTERVAL_SECONDS = 10.0
 TAKEOVER_CHECK_SECONDS = 5.0
 _lease: ExecutorLease | None = None
@@ -84,8 +88,7 @@ def start(settings: Settings) -> None:
         )
         order_fulfillment.enqueue_only(_client)
         return
-    DBOS(config=dbos_config(url, settings))
-    DBOS.launch()
+    _launch(url, settings)
     DBOS.register_queue(
         order_fulfillment.SAGA_QUEUE,
         worker_concurrency=settings.worker_concurrency,
@@ -94,6 +97,24 @@ def start(settings: Settings) -> None:
     sweep()
     assert _lease is not None
     _housekeeper = Housekeeper(settings, _lease)
+
+
+def _launch(url: str, settings: Settings) -> None:
+    """Launch DBOS, again if a connection fails while it does (a lost answer on a bad
+    network): DBOS retries its own statements once launched, but not during the launch,
+    which fails before it begins recovering sagas (and recovery is idempotent anyway)."""
+    for attempt in range(1, LAUNCH_TRIES + 1):
+        DBOS(config=dbos_config(url, settings))
+        try:
+            DBOS.launch()
+            return
+        except (sqlalchemy.exc.OperationalError, psycopg.OperationalError) as error:
+            failure = getattr(error, "orig", error)
+            if attempt == LAUNCH_TRIES or not database.is_connection_failure(failure):
+                raise
+            log.warning("DBOS could not launch (%s); trying again", str(failure).strip())
+            DBOS.destroy()
+            time.sleep(0.2 * attempt)
 
 
 def stop() -> None:

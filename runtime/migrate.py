@@ -1,28 +1,59 @@
 """Bring the database schema up to date: DBOS's system tables, then ours (Alembic)."""
 
 import logging
+import secrets
 import time
 from pathlib import Path
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from dbos import DBOS
 
-from runtime.database import sqlalchemy_url
+from runtime.database import LIVENESS, is_connection_failure, sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Any fixed number: serialises schema changes when several processes start at once.
 MIGRATION_LOCK = 7_205_119_386
+MIGRATE_APP_PREFIX = "order-saga migrate "  # + this process's nonce: its lock sessions
+TRIES = 5
+# The server ends a lock session silent for this long, so that an orphan (its client cut
+# off, the answer to its lock lost) cannot keep every start waiting; far longer than any
+# pause between two migration statements.
+IDLE_SESSION_SECONDS = 60
 
 
 def migrate(url: str) -> None:
-    """Apply DBOS's migrations and ours, holding an advisory lock so starts can overlap."""
-    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.NullPool)
+    """Apply DBOS's migrations and ours, holding an advisory lock so starts can overlap.
+    A connection that fails meanwhile (a bad network) means: all of it again (each
+    migration is applied once, whatever was committed before stays)."""
+    name = MIGRATE_APP_PREFIX + secrets.token_hex(6)
+    for attempt in range(1, TRIES + 1):
+        try:
+            _migrate(url, name)
+            break
+        except (sa.exc.OperationalError, psycopg.OperationalError) as error:
+            failure = getattr(error, "orig", None) or error
+            if attempt == TRIES or not is_connection_failure(failure):
+                raise
+            log.warning("migrating failed (%s); trying again", str(failure).strip())
+            time.sleep(0.2 * attempt)
+    log.info("database schema is up to date")
+
+
+def _migrate(url: str, name: str) -> None:
+    engine = sa.create_engine(
+        sqlalchemy_url(url),
+        poolclass=sa.NullPool,
+        connect_args={**LIVENESS, "application_name": name},
+    )
     try:
         with engine.connect() as conn:
+            conn.execute(sa.text(f"SET idle_session_timeout = {IDLE_SESSION_SECONDS * 1000}"))
+            conn.commit()
             # Polled, not waited for: a process blocked in pg_advisory_lock is inside a
             # statement, and DBOS's CREATE INDEX CONCURRENTLY (run by the holder) waits for
             # every running statement to end, so processes starting at once would deadlock.
@@ -30,6 +61,8 @@ def migrate(url: str) -> None:
             while not conn.execute(
                 sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": MIGRATION_LOCK}
             ).scalar_one():
+                # One of this process's own earlier tries may hold it (its answer was lost).
+                conn.execute(_END_OWN_ORPHAN, {"k": MIGRATION_LOCK, "name": name})
                 conn.commit()
                 time.sleep(0.1)
             conn.commit()
@@ -45,4 +78,11 @@ def migrate(url: str) -> None:
                 conn.commit()
     finally:
         engine.dispose()
-    log.info("database schema is up to date")
+
+
+_END_OWN_ORPHAN = sa.text("""
+    SELECT pg_terminate_backend(a.pid)
+      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+       AND ((l.classid::bigint << 32) | l.objid::bigint) = :k
+       AND a.application_name = :name AND a.pid <> pg_backend_pid()""")

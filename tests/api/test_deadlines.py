@@ -56,15 +56,17 @@ def test_a_query_stuck_behind_a_lock_is_cut_off_and_the_saga_moves_on(
 ) -> None:
     sku = stock(5)
     body = order_body({sku: 1})
-    released = threading.Event()
+    held, released = threading.Event(), threading.Event()
 
     def hold_the_item_row() -> None:
         with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
             conn.execute("SELECT 1 FROM inventory.items WHERE sku = %s FOR UPDATE", (sku,))
+            held.set()
             released.wait(timeout=30)
 
     holder = threading.Thread(target=hold_the_item_row)
     holder.start()
+    assert held.wait(10), "the row lock was not taken"  # before the saga reaches the row
     try:
         view = api.post("/orders", json=body, params={"wait": 30}).json()
     finally:

@@ -17,8 +17,8 @@ import pytest
 
 from chaos.faultproxy import FaultProxy
 from orders.audit import audit
-from runtime import executors
-from runtime.migrate import migrate
+from runtime import database, executors
+from runtime.migrate import MIGRATE_APP_PREFIX, migrate
 from tests.recovery.conftest import wait_for_end, wait_until
 from tests.support.orders import assert_effects_match, available, order_body
 from tests.support.process import ROOT, ServiceProcess
@@ -211,6 +211,34 @@ def _heartbeat_age(sql: psycopg.Connection[Any], executor_id: str = "local") -> 
 def _session_exists(sql: psycopg.Connection[Any], pid: int) -> bool:
     row = sql.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
     return row == (1,)
+
+
+@pytest.mark.parametrize(
+    "application",
+    [MIGRATE_APP_PREFIX, executors.LEASE_APP_PREFIX, database.APP_NAME, "dbos_transact"],
+    ids=["migrations", "lease", "app-pool", "dbos"],
+)
+def test_a_lost_answer_while_the_service_starts_does_not_stop_the_start(
+    application: str,
+    proxy: FaultProxy,
+    service_db: str,
+    sql: psycopg.Connection[Any],
+    processes: list[ServiceProcess],
+) -> None:
+    """The answer to the first commit of each kind of connection a start makes (migrating,
+    taking the lease, the pool, DBOS's launch) is lost, the server's side left open: the
+    start tries again, ending its own orphan where it holds a lock, and comes up."""
+    lost = proxy.lose_reply(
+        sql=r"^\s*(COMMIT|INSERT|UPDATE|WITH|SET|SELECT pg_try_advisory_lock)\b",
+        application_name=application,
+        half_open=True,
+    )
+    starting = service(processes, proxy.url_for(service_db))
+    starting.start(timeout=60)
+    assert lost.wait(0), f"no answer to {application!r} was lost"
+    bodies = [order_body({"WIDGET": 1}) for _ in range(3)]
+    place(starting.url, bodies)
+    all_complete_once(starting.url, sql, bodies)
 
 
 # --- answers within their budget ------------------------------------------------------------
