@@ -43,7 +43,7 @@ def test_a_restart_during_the_approval_wait_keeps_the_original_deadline(
     deadline: datetime = sql.execute(awaiting, args).fetchone()[0]  # type: ignore[index]
 
     service.kill()
-    time.sleep(3)  # a fresh 6 s wait after this restart would end 3 s after the deadline
+    time.sleep(5)  # a fresh 6 s wait after this restart would end 5 s after the deadline
     service.start(APPROVAL_TIMEOUT_SECONDS="6")
     view = wait_for_end(service.url, body["order_id"])
 
@@ -51,7 +51,8 @@ def test_a_restart_during_the_approval_wait_keeps_the_original_deadline(
     assert view["error"] == "not approved within 6 s"
     assert [c["name"] for c in view["compensations"]] == ["release_reservation"]
     ended = datetime.fromisoformat(view["updated_at"])
-    assert deadline <= ended < deadline + timedelta(seconds=2), (deadline, ended)
+    # Ending, undoing the reservation included, takes a moment more on a loaded machine.
+    assert deadline <= ended < deadline + timedelta(seconds=3.5), (deadline, ended)
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
 
 
