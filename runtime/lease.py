@@ -113,17 +113,7 @@ class ExecutorLease:
                         executors.end_session(conn, found.pid)
                     elif found is not None:
                         first_beat = first_beat or found.heartbeat_at
-                        # A live holder beats; an orphan's heartbeat stands still until its
-                        # lease runs out, and then it is ended (above).
-                        beating = found.heartbeat_at is None or found.heartbeat_at != first_beat
-                        give_up = deadline + (found.lease_seconds or self.lease_seconds) + 10
-                        now = time.monotonic()
-                        if (now > deadline and beating) or now > give_up:
-                            raise ExecutorIdInUse(
-                                f"executor id {self.executor_id!r} is in use by another live "
-                                "process on this database; stop it, or give this process "
-                                "its own EXECUTOR_ID"
-                            )
+                        self._refuse_if_alive(found, first_beat, deadline)
                 except (psycopg.OperationalError, deadlines.DeadlinePassed):
                     # The lock's answer may have been lost: try again, and end that session
                     # if it is ours. Past the wait, the error stands.
@@ -141,6 +131,21 @@ class ExecutorLease:
         _current = self
         self._thread = threading.Thread(target=self._keep, name="executor-lease", daemon=True)
         self._thread.start()
+
+    def _refuse_if_alive(
+        self, found: executors.Holder, first_beat: datetime | None, deadline: float
+    ) -> None:
+        """Past the wait, refuse to start if the holder is a live process: its heartbeat
+        moved meanwhile. An orphan's stands still until its lease runs out, and then it is
+        ended; one that cannot be ended is refused too, a while after that."""
+        beating = found.heartbeat_at is None or found.heartbeat_at != first_beat
+        give_up = deadline + (found.lease_seconds or self.lease_seconds) + 10
+        now = time.monotonic()
+        if (now > deadline and beating) or now > give_up:
+            raise ExecutorIdInUse(
+                f"executor id {self.executor_id!r} is in use by another live process on "
+                "this database; stop it, or give this process its own EXECUTOR_ID"
+            )
 
     def release(self) -> None:
         """Stop beating and give the lock back (closing its session)."""
@@ -160,7 +165,7 @@ class ExecutorLease:
 
     def valid(self) -> bool:
         """Whether this process may act: its last confirmed heartbeat is young enough that
-        nobody can consider it dead before a call begun now is over."""
+        nobody will consider it dead for two more heartbeats at least."""
         confirmed = self._confirmed_at
         margin = 2 * self.beat_every
         return confirmed is not None and time.monotonic() - confirmed < self.lease_seconds - margin

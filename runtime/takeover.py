@@ -10,15 +10,17 @@ exits instead of running sagas that are someone else's now.
 """
 
 import logging
+import time
 
 import psycopg
 from dbos import DBOS
 
-from runtime import database, executors
+from runtime import database, deadlines, executors
 
 log = logging.getLogger(__name__)
 
 END_TRIES = 3
+TAKEOVER_SECONDS = 30.0  # a takeover whose connection stalls longer is cut and tried later
 
 
 def take_over_dead_executors(own_id: str, application_version: str) -> None:
@@ -36,12 +38,15 @@ def take_over_dead_executors(own_id: str, application_version: str) -> None:
 
 
 def _take_over(url: str, executor_id: str, own_id: str, version: str) -> None:
-    with psycopg.connect(
-        url,
-        autocommit=True,
-        application_name=executors.TAKEOVER_APP_PREFIX + own_id,
-        **database.LIVENESS,
-    ) as probe:
+    with (
+        psycopg.connect(
+            url,
+            autocommit=True,
+            application_name=executors.TAKEOVER_APP_PREFIX + own_id,
+            **database.LIVENESS,
+        ) as probe,
+        deadlines.cut_at(probe, time.monotonic() + TAKEOVER_SECONDS),
+    ):
         if not _lock(probe, executor_id):
             return  # its process is alive after all (its heartbeat is fresh again)
         probe.execute(
