@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
 
 import psycopg
 import sqlalchemy.exc
@@ -19,6 +20,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import database
 from runtime.settings import get_settings
+
+T = TypeVar("T")
 
 # When the current HTTP call's database work must be over (a time.monotonic() value).
 _deadline: ContextVar[float | None] = ContextVar("database_deadline", default=None)
@@ -65,18 +68,19 @@ def connection() -> Iterator[database.Connection]:
         yield conn
 
 
-def within_wait(call: Callable[[], None]) -> None:
-    """Run a DBOS call, answering DatabaseUnavailable if it has not returned within the
-    current call's budget. The call goes on in its own thread through an outage and takes effect
-    once the database is back (a saga start or a wake-up is idempotent), so an order stored
-    just before the database went away still gets its saga, whether or not the client
-    comes back."""
+def within_wait(call: Callable[[], T]) -> T:
+    """Run a DBOS call and return what it returns, answering DatabaseUnavailable if it has
+    not returned within the current call's budget. The call goes on in its own thread
+    through an outage and takes effect once the database is back (a saga start or a wake-up
+    is idempotent), so an order stored just before the database went away still gets its
+    saga, whether or not the client comes back."""
     done = threading.Event()
     failure: list[BaseException] = []
+    result: list[T] = []
 
     def run() -> None:
         try:
-            _through_outages(call)
+            result.append(_through_outages(call))
         except BaseException as error:
             failure.append(error)
         finally:
@@ -90,14 +94,15 @@ def within_wait(call: Callable[[], None]) -> None:
         )
     if failure:
         raise failure[0]
+    return result[0]
 
 
 @database.outlasting_outages
-def _through_outages(call: Callable[[], None]) -> None:
+def _through_outages(call: Callable[[], T]) -> T:
     # DBOS waits out most outages itself, but not all of its calls do (a start can raise
     # SQLAlchemy's OperationalError); those are waited out here.
     try:
-        call()
+        return call()
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError) as error:
         raise database.DatabaseUnavailable(f"the database failed: {error}") from error
     except psycopg.OperationalError as error:

@@ -1,6 +1,8 @@
 """Orders: start a saga, and see where it is."""
 
 import asyncio
+import logging
+from concurrent.futures import Future
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -25,6 +27,7 @@ from orders.errors import OrderNotFound
 from orders.model import SagaState
 from workflows import order_fulfillment
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["orders"])
 
 OrderIdPath = Annotated[str, Path(pattern=IDENTIFIER)]
@@ -58,10 +61,12 @@ async def place_order(
     ] = None,
 ) -> Any:
     """Accept the order and start its saga (202). Repeating the request starts nothing new."""
-    placement = await run_in_threadpool(_place, order.model_dump(mode="json"), idempotency_key)
+    placement, running = await run_in_threadpool(
+        _place, order.model_dump(mode="json"), idempotency_key
+    )
     location = f"/orders/{placement.order_id}"
     if wait is not None:
-        view = await _wait_for_end(placement.order_id, wait)
+        view = await _wait_for_end(placement.order_id, wait, running)
         if view is not None:
             body = jsonable_encoder(OrderView.model_validate(view))
             return JSONResponse(body, status_code=200, headers={"Location": location})
@@ -91,18 +96,36 @@ def list_orders(
         return {"orders": views.list_orders(conn, state, limit)}
 
 
-def _place(request: dict[str, Any], idempotency_key: str | None) -> intake.Placement:
+def _place(
+    request: dict[str, Any], idempotency_key: str | None
+) -> tuple[intake.Placement, "Future[Any] | None"]:
+    """The stored order, and the future of its saga's end if the saga runs in this process."""
     with db.connection() as conn:
         placement = intake.place(conn, request, idempotency_key)
+    running = None
     if placement.created or placement.state == "STARTED":
         # Also on a retry: the first request may have died between storing and starting.
-        db.within_wait(lambda: order_fulfillment.start(placement.saga_id, placement.order))
-    return placement
+        running = db.within_wait(
+            lambda: order_fulfillment.start(placement.saga_id, placement.order)
+        )
+    return placement, running
 
 
-async def _wait_for_end(order_id: str, seconds: float) -> dict[str, Any] | None:
+async def _wait_for_end(
+    order_id: str, seconds: float, running: "Future[Any] | None"
+) -> dict[str, Any] | None:
+    """The view once the saga has ended, or None if it did not within `seconds`. A saga
+    that runs in this process wakes the wait when it ends; any other is looked at again
+    and again (after 20 ms, 40 ms, ... 250 ms)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    if running is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)), seconds)
+        except Exception:  # it raised (DBOS failing, a shutdown) or ran out of time
+            log.debug("saga of %s: no end heard of; looking at its row", order_id, exc_info=True)
+        else:  # it returned: DBOS has recorded its end, and the saga's row its state
+            return await run_in_threadpool(_view, order_id)
     pause = 0.02
     while True:
         if await run_in_threadpool(_has_ended, order_id):

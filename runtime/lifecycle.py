@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "order-saga"
 
 LAUNCH_TRIES = 5
+ALL_ROLE_QUEUE_POLL_SECONDS = 1.0
 SWEEP_INTERVAL_SECONDS = 10.0
 TAKEOVER_CHECK_SECONDS = 5.0
 _lease: ExecutorLease | None = None
@@ -47,7 +48,9 @@ def dbos_config(url: str, settings: Settings) -> DBOSConfig:
             "pool_timeout": 30,
             "max_overflow": 0,
             "pool_size": 20,
-            "pool_pre_ping": True,
+            # No SELECT 1 before every statement: DBOS retries a statement whose
+            # connection turns out to be broken (its db_retry), so the ping buys nothing.
+            "pool_pre_ping": False,
         },
         "sys_db_idle_transaction_timeout_sec": database.IDLE_IN_TRANSACTION_SECONDS,
     }
@@ -89,10 +92,15 @@ def start(settings: Settings) -> None:
         order_fulfillment.enqueue_only(_client)
         return
     _launch(url, settings)
+    # In `make run` the queue only carries sagas that an API process put there (this process
+    # starts its own directly): looking once a second is enough, and a poll costs CPU.
+    poll = settings.queue_poll_seconds
+    if settings.process_role == "all":
+        poll = max(poll, ALL_ROLE_QUEUE_POLL_SECONDS)
     DBOS.register_queue(
         order_fulfillment.SAGA_QUEUE,
         worker_concurrency=settings.worker_concurrency,
-        polling_interval_sec=settings.queue_poll_seconds,
+        polling_interval_sec=poll,
     )
     sweep()
     assert _lease is not None

@@ -1,6 +1,7 @@
 """The order saga: reserve, pay, ship, confirm; on failure, undo what was done, in reverse."""
 
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypedDict
 
 from dbos import DBOS, DBOSClient, PortableWorkflowError, SetWorkflowID
@@ -182,9 +183,10 @@ def enqueue_only(client: DBOSClient | None) -> None:
     _client = client
 
 
-def start(saga_id: str, order: Order) -> None:
+def start(saga_id: str, order: Order) -> "Future[SagaResult] | None":
     """Start the order's saga in the background (here, or on the queue for the workers); a
-    saga that already exists is left alone."""
+    saga that already exists is left alone. When it runs in this process, the future of its
+    result (which is set once DBOS has recorded the end); else None."""
     if _client is not None:
         _client.enqueue(
             {
@@ -196,9 +198,11 @@ def start(saga_id: str, order: Order) -> None:
             order,
             policy_now(),
         )
-        return
+        return None
     with SetWorkflowID(saga_id):
-        DBOS.start_workflow(order_fulfillment, order, policy_now())
+        handle = DBOS.start_workflow(order_fulfillment, order, policy_now())
+    future = getattr(handle, "future", None)  # a saga begun here; not one begun elsewhere
+    return future if isinstance(future, Future) else None
 
 
 def wake(saga_id: str, topic: str, idempotency_key: str) -> None:
