@@ -1,14 +1,21 @@
-"""`python -m api` (`make run`): serve the API in the foreground until Ctrl-C or SIGTERM."""
+"""`python -m api` (`make run`): serve the API in the foreground until Ctrl-C or SIGTERM,
+in PROCESSES processes (runtime/processes.py)."""
 
+import argparse
 import logging
 import socket
 import sys
+import threading
+import time
 
 import uvicorn
 
 from api.app import create_app
+from runtime import embedded
+from runtime.database import resolve_url
 from runtime.exit import exit_if_sagas_wait
-from runtime.settings import get_settings
+from runtime.processes import Supervisor, say_ready
+from runtime.settings import Settings, get_settings
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -31,12 +38,15 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl command
+    if args.listen_fd is not None:  # one of a supervisor's serving processes
+        return serve(socket.socket(fileno=args.listen_fd), settings, args.ready_fd)
     # Bind before anything else: a second `make run` must fail here, before it launches
     # DBOS and starts recovering (stealing) the sagas of the one already running.
     try:
@@ -44,17 +54,46 @@ def main() -> int:
     except OSError as error:
         print(f"cannot listen on {settings.host}:{settings.port}: {error}", file=sys.stderr)
         return 1
+    processes = settings.serving_processes()
+    if processes == 1:
+        return serve(listener, settings, None)
+    url = resolve_url(settings)  # the supervisor owns the embedded server, if any
+    try:
+        return Supervisor(settings, processes, listener, url).run()
+    finally:
+        embedded.release()
+
+
+def serve(listener: socket.socket, settings: Settings, ready_fd: int | None) -> int:
+    """Serve the app on `listener` until Ctrl-C or SIGTERM; the exit status."""
     config = uvicorn.Config(
         create_app(settings),
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    if ready_fd is not None:
+        threading.Thread(target=_say_ready_once_up, args=(server, ready_fd), daemon=True).start()
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down
         return 130
     return 0 if server.started else 3
+
+
+def _say_ready_once_up(server: uvicorn.Server, ready_fd: int) -> None:
+    while not server.started and not server.should_exit:
+        time.sleep(0.02)
+    if server.started:
+        say_ready(ready_fd)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
+    # Set by the supervisor for its serving processes (runtime/processes.py), not by hand.
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """All configuration, read once from the environment (names as in the README)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# One per core, but not so many that the database's connections run out by default.
+MAX_DEFAULT_PROCESSES = 4
 
 
 class Settings(BaseSettings):
@@ -56,6 +60,13 @@ class Settings(BaseSettings):
         description="This process's lease: once its heartbeat is this old it is dead to "
         "everyone, and stops acting itself a little before; a dead worker's sagas move",
     )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Serving processes behind the one port (unset: one per core, up to "
+        f"{MAX_DEFAULT_PROCESSES}, for the all and api roles; 1 for a worker)",
+    )
     executor_id: str = Field(default="local", min_length=1)
     executor_lock_wait_seconds: float = Field(
         default=15.0, ge=0, description="How long a start waits for its executor id to be free"
@@ -69,6 +80,14 @@ class Settings(BaseSettings):
     )
     seed_demo_catalog: bool = True
     log_level: str = "INFO"
+
+    def serving_processes(self) -> int:
+        """PROCESSES, or its default for this role."""
+        if self.processes is not None:
+            return self.processes
+        if self.process_role == "worker":
+            return 1  # workers scale by starting more of them, each with its own ID
+        return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_PROCESSES))
 
 
 @lru_cache(maxsize=1)

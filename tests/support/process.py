@@ -15,7 +15,10 @@ def inherited() -> dict[str, str]:
 
 
 class ServiceProcess(service.ServiceProcess):
-    """The service with the test process's environment, minus the in-process app's knobs."""
+    """The service with the test process's environment, minus the in-process app's knobs.
+    One serving process unless a test asks for more (PROCESSES): a test that kills "the
+    service" then knows which executor ran what; tests/recovery/test_processes.py and the
+    chaos run cover the default of one per core."""
 
     def __init__(self, database_url: str, *, root: Path = ROOT, **env: str) -> None:
-        super().__init__(database_url, root=root, base_env=inherited(), **env)
+        super().__init__(database_url, root=root, base_env={**inherited(), "PROCESSES": "1"}, **env)

@@ -1,0 +1,152 @@
+"""One service, several processes: `python -m api` with PROCESSES=N > 1 is a small supervisor
+that binds the listening socket, starts N serving processes that all accept on it, and
+stands for them as one.
+
+Python runs one thread at a time per process, so a process that runs sagas uses about one
+core; N processes use N. Each serving process is a whole service (the same role) with an
+executor id of its own (EXECUTOR_ID for the first, EXECUTOR_ID-2, -3, ... for the others),
+and so holds its own lease and recovers its own sagas on its next start; a process left out
+by a smaller PROCESSES later is taken over like any dead executor.
+
+As one: a serving process dies with the supervisor, even by SIGKILL (PR_SET_PDEATHSIG), so a
+`kill -9` of the service leaves nothing behind; SIGTERM and Ctrl-C stop them all cleanly. A
+serving process that fails to start stops the service (its exit status is the service's);
+one that dies later is started again.
+"""
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass
+
+from runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+RESTART_PAUSE_SECONDS = 1.0
+STOP_SECONDS = 30.0
+
+
+def executor_id(settings: Settings, number: int) -> str:
+    """The executor id of serving process `number` (1-based)."""
+    return settings.executor_id if number == 1 else f"{settings.executor_id}-{number}"
+
+
+@dataclass
+class _Serving:
+    number: int
+    proc: subprocess.Popen[bytes]
+    ready: int  # the read end of a pipe the process writes to once it serves
+    healthy: bool = False
+
+    def came_up(self) -> bool:
+        """Whether it has said it serves (checked without waiting)."""
+        if not self.healthy and select.select([self.ready], [], [], 0)[0]:
+            self.healthy = os.read(self.ready, 1) == b"1"
+        return self.healthy
+
+
+class Supervisor:
+    """Starts `processes` serving processes on `listener` and keeps them running until
+    stopped; `run()` returns the service's exit status."""
+
+    def __init__(
+        self, settings: Settings, processes: int, listener: socket.socket, database_url: str
+    ) -> None:
+        self.settings = settings
+        self.processes = processes
+        self.listener = listener
+        self.database_url = database_url
+        self._serving: list[_Serving] = []
+        self._stopping: int | None = None  # the signal that asked us to stop
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self._serving = [self._spawn(number) for number in range(1, self.processes + 1)]
+        code = 0
+        while self._stopping is None:
+            for index, serving in enumerate(self._serving):
+                serving.came_up()
+                status = serving.proc.poll()
+                if status is None:
+                    continue
+                served = serving.came_up()  # its "ready", or the pipe's end
+                os.close(serving.ready)
+                if not served:
+                    log.error("serving process %d did not start (exit %d)", serving.number, status)
+                    code, self._stopping = status or 1, signal.SIGTERM
+                    break
+                log.warning(
+                    "serving process %d exited (%d): starting it again", serving.number, status
+                )
+                time.sleep(RESTART_PAUSE_SECONDS)
+                self._serving[index] = self._spawn(serving.number)
+            time.sleep(0.1)
+        self._stop_all()
+        return 130 if self._stopping == signal.SIGINT and code == 0 else code
+
+    def _spawn(self, number: int) -> _Serving:
+        fd = self.listener.fileno()
+        ready, ready_to_write = os.pipe()
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "EXECUTOR_ID": executor_id(self.settings, number),
+            "PROCESSES": "1",
+        }
+        parent = os.getpid()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "api",
+                "--listen-fd",
+                str(fd),
+                "--ready-fd",
+                str(ready_to_write),
+            ],
+            env=env,
+            pass_fds=(fd, ready_to_write),
+            preexec_fn=lambda: _die_with(parent),
+        )
+        os.close(ready_to_write)
+        return _Serving(number, proc, ready)
+
+    def _stop(self, signum: int, frame: types.FrameType | None) -> None:
+        self._stopping = signum
+
+    def _stop_all(self) -> None:
+        for serving in self._serving:
+            if serving.proc.poll() is None:
+                serving.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for serving in self._serving:
+            try:
+                serving.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                serving.proc.kill()
+                serving.proc.wait()
+
+
+def _die_with(parent: int) -> None:
+    """In the child, before it runs: be killed when the supervisor dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the supervisor died before the line above
+        os._exit(1)
+
+
+def say_ready(fd: int | None) -> None:
+    """In a serving process: tell the supervisor (if any) that it serves now."""
+    if fd is not None:
+        os.write(fd, b"1")
+        os.close(fd)

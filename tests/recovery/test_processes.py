@@ -1,0 +1,136 @@
+"""`python -m api` with several serving processes (PROCESSES, one per core by default): they
+share the port, each runs sagas under its own executor id, and the service behaves as one:
+a SIGKILL of it leaves nothing running, a restart resumes every process's sagas, a serving
+process that dies is started again, and one that cannot start stops the service."""
+
+import threading
+import time
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from orders.audit import audit
+from tests.recovery.conftest import wait_for_end, wait_until
+from tests.support.orders import assert_effects_match, available, order_body
+from tests.support.process import ServiceProcess
+
+TWO = {"PROCESSES": "2", "PARTICIPANT_LATENCY_MS": "300"}
+
+
+@pytest.fixture
+def two(service_db: str) -> Any:
+    process = ServiceProcess(service_db, LOG_LEVEL="WARNING", SEED_DEMO_CATALOG="false", **TWO)
+    yield process
+    process.stop()
+
+
+def serving(service: ServiceProcess) -> list[psutil.Process]:
+    return psutil.Process(service.pid).children()
+
+
+def pending_by_executor(sql: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = sql.execute(
+        """SELECT executor_id, count(*) FROM dbos.workflow_status
+            WHERE status = 'PENDING' GROUP BY executor_id"""
+    ).fetchall()
+    return dict(rows)
+
+
+def place_until_both_run(
+    service: ServiceProcess, sql: psycopg.Connection[Any]
+) -> list[dict[str, Any]]:
+    """Orders from fresh connections, four at a time, until both processes run some."""
+    bodies: list[dict[str, Any]] = []
+    httpx.put(f"{service.url}/inventory/WIDGET", json={"available": 1000, "price_cents": 900})
+
+    def post(body: dict[str, Any]) -> None:
+        answer = httpx.post(f"{service.url}/orders", json=body, timeout=30)
+        assert answer.status_code == 202, answer.text
+
+    while set(pending_by_executor(sql)) != {"local", "local-2"}:
+        assert len(bodies) < 48, f"one process got every order: {pending_by_executor(sql)}"
+        batch = [order_body({"WIDGET": 1}) for _ in range(4)]
+        threads = [threading.Thread(target=post, args=(body,)) for body in batch]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        bodies += batch
+        time.sleep(0.1)
+    return bodies
+
+
+def all_complete_once(
+    base_url: str, sql: psycopg.Connection[Any], bodies: list[dict[str, Any]]
+) -> None:
+    for body in bodies:
+        view = wait_for_end(base_url, body["order_id"], timeout=90)
+        assert view["state"] == "COMPLETED", view
+        assert_effects_match(sql, view)
+    assert available(sql, "WIDGET") == 1000 - len(bodies)
+    assert audit(sql).violations == []
+
+
+def test_two_processes_share_the_port_and_a_kill_of_the_service_leaves_nothing_running(
+    two: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    two.start()
+    assert len(serving(two)) == 2
+    bodies = place_until_both_run(two, sql)
+    children = serving(two)
+
+    two.kill()  # SIGKILL of the service (its supervisor), as `kill -9` would
+
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"serving processes outlived the service: {alive}"
+    two.start(PARTICIPANT_LATENCY_MS="0")  # the port is free at once
+    # Each process put its own sagas back on DBOS's queue at launch; either may finish them.
+    all_complete_once(two.url, sql, bodies)
+
+
+def test_a_serving_process_that_dies_is_started_again_and_resumes_its_sagas(
+    two: ServiceProcess, sql: psycopg.Connection[Any]
+) -> None:
+    two.start()
+    bodies = place_until_both_run(two, sql)
+    second = next(p for p in serving(two) if "local-2" in " ".join(p.environ().values()))
+
+    second.kill()
+
+    wait_until(
+        lambda: len(serving(two)) == 2 and second.pid not in {p.pid for p in serving(two)},
+        "the dead serving process started again",
+        timeout=30,
+    )
+    all_complete_once(two.url, sql, bodies)
+    assert two.running()
+    assert "serving process 2 exited" in two.tail()
+
+
+def test_sigterm_stops_every_serving_process(two: ServiceProcess) -> None:
+    two.start()
+    children = serving(two)
+
+    assert two.stop() == 0
+
+    _gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+
+
+def test_a_serving_process_that_cannot_start_stops_the_service(
+    two: ServiceProcess, service_db: str
+) -> None:
+    """A second service on the same database, on another port: its first process finds
+    executor id 'local' in use, so the whole second service exits, leaving nothing."""
+    two.start()
+    second = ServiceProcess(
+        service_db, LOG_LEVEL="WARNING", SEED_DEMO_CATALOG="false",
+        EXECUTOR_LOCK_WAIT_SECONDS="1", **TWO,
+    )  # fmt: skip
+    assert second.start_expecting_failure(timeout=60) != 0
+    assert "executor id 'local' is in use by another live process" in second.tail()
+    assert "did not start" in second.tail()
+    assert two.running()
