@@ -85,6 +85,7 @@ class Config:
     db_down: tuple[float, float] = (2.0, 6.0)  # seconds the database stays down
     fault_gap: tuple[float, float] = (1.0, 4.0)
     net_gap: tuple[float, float] = (1.0, 3.0)  # seconds between two network faults
+    processes: int | None = None  # the service's PROCESSES (None: its default, one per core)
     drain_seconds: float = 240.0  # at the end, how long sagas get to finish
     workdir: Path | None = None
     keep: bool = False  # keep the database even after a clean run
@@ -185,8 +186,9 @@ def run(config: Config) -> Result:
     pg = CrashablePostgres(workdir)
     url = pg.start()
     proxy = FaultProxy(url).start()
+    processes = {} if config.processes is None else {"PROCESSES": str(config.processes)}
     service = ServiceProcess(
-        proxy.url_for(url), base_env={**environment_without_knobs(), **SERVICE_ENV}
+        proxy.url_for(url), base_env={**environment_without_knobs(), **SERVICE_ENV, **processes}
     )
     shared = Shared(service=service, rng=rng)
     saboteur = NetworkSaboteur(proxy, rng, config.net_gap)

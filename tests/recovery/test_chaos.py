@@ -16,6 +16,10 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
         kill_gap=(6.0, 9.0),
         db_crashes=1,
         db_down=(3.0, 3.0),
+        # One serving process: its restarts are quick enough for a 24 s run on a machine busy
+        # with the rest of the suite. `make chaos` runs the default (one per core), and
+        # test_processes.py covers several processes' kills and restarts.
+        processes=1,
         workdir=Path(tempfile.mkdtemp(prefix="saga-chaos-test-")),
     )
 

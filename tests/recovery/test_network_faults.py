@@ -27,6 +27,7 @@ COMMON = {"LOG_LEVEL": "WARNING", "SEED_DEMO_CATALOG": "false", "RETRY_BACKOFF_S
 HEARTBEAT = r"^UPDATE orders\.executors SET heartbeat_at"
 BEFORE_THE_FIX = "45a1271"  # the last commit whose lease did not survive lost replies
 DB_WAIT_SECONDS = 2.0
+LOST_ANSWERS = 12
 
 
 @pytest.fixture
@@ -56,11 +57,13 @@ def service(
     return process
 
 
-def place(base_url: str, bodies: list[dict[str, Any]], stock: int = 1000) -> None:
-    """Stock WIDGET and POST every body, each with its own Idempotency-Key, resending it
-    until the API answers (a 503 or a cut connection only mean: again)."""
+def place(base_url: str, bodies: list[dict[str, Any]], stock: int | None = 1000) -> None:
+    """Stock WIDGET (unless `stock` is None) and POST every body, each with its own
+    Idempotency-Key, resending it until the API answers (a 503 or a cut connection only
+    mean: again)."""
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        _until_answered(lambda: client.put("/inventory/WIDGET", json=_item(stock)))
+        if stock is not None:
+            _until_answered(lambda: client.put("/inventory/WIDGET", json=_item(stock)))
         for body in bodies:
             key = f"key-{body['order_id']}"
             answer = _until_answered(
@@ -329,12 +332,12 @@ def test_lost_answers_to_commits_lose_nothing_and_do_nothing_twice(
         DB_WAIT_SECONDS=str(DB_WAIT_SECONDS),
     )
     running.start()
-    bodies = [order_body({"WIDGET": 1}) for _ in range(16)]
+    bodies: list[dict[str, Any]] = []
     fired: list[str] = []
     stop = threading.Event()
 
     def lose_answers() -> None:
-        while not stop.is_set() and len(fired) < 12:
+        while not stop.is_set() and len(fired) < LOST_ANSWERS:
             armed = proxy.lose_reply(
                 sql=r"^\s*(COMMIT|INSERT|UPDATE|DELETE|WITH)\b",
                 application_name=application,
@@ -348,13 +351,16 @@ def test_lost_answers_to_commits_lose_nothing_and_do_nothing_twice(
 
     saboteur = threading.Thread(target=lose_answers, daemon=True)
     saboteur.start()
-    place(running.url, bodies)
     try:
+        while len(fired) < LOST_ANSWERS and len(bodies) < 120:  # orders until enough struck
+            batch = [order_body({"WIDGET": 1}) for _ in range(4)]
+            place(running.url, batch, stock=None if bodies else 1000)
+            bodies += batch
         all_complete_once(running.url, sql, bodies)
     finally:
         stop.set()
         saboteur.join(timeout=10)
-    assert len(fired) >= 6, f"only {len(fired)} answers were lost: {fired}"
+    assert len(fired) >= LOST_ANSWERS, f"only {len(fired)} answers were lost: {fired}"
     assert running.running()
 
 
