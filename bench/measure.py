@@ -45,16 +45,29 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """The highest resident set size the process has had (VmHWM, Linux), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    """The highest resident set size the process and its live descendants have had (VmHWM,
+    Linux, summed), in MB."""
+    total = 0.0
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess, FileNotFoundError):
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return round(total, 1)
 
 
 def rss_mb(pid: int) -> float:
-    """The resident set size of the process now, in MB."""
-    return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    """The resident set size of the process and its live descendants now, in MB."""
+    total = 0
+    for process in _tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return round(total / 2**20, 1)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
 
 
 def postgres_memory_mb(postmaster_pid: int) -> float:
@@ -80,11 +93,12 @@ class CpuWindow:
     _db: float = 0.0
 
     def start(self) -> "CpuWindow":
-        self._app = sum(cpu_seconds(pid) for pid in self.app_pids)
+        # Whole trees: a service with several serving processes is a supervisor and them.
+        self._app = sum(tree_cpu_seconds(pid) for pid in self.app_pids)
         self._db = tree_cpu_seconds(self.postmaster_pid)
         return self
 
     def stop(self) -> tuple[float, float]:
         """(app CPU seconds, PostgreSQL CPU seconds) since start()."""
-        app = sum(cpu_seconds(pid) for pid in self.app_pids) - self._app
+        app = sum(tree_cpu_seconds(pid) for pid in self.app_pids) - self._app
         return app, tree_cpu_seconds(self.postmaster_pid) - self._db

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Serving processes behind the one port (unset: one per core, up to "
-        f"{MAX_DEFAULT_PROCESSES}, for the all and api roles; 1 for a worker)",
+        f"{MAX_DEFAULT_PROCESSES}, for the all role; 1 for api and worker)",
     )
     executor_id: str = Field(default="local", min_length=1)
     executor_lock_wait_seconds: float = Field(
@@ -85,8 +85,8 @@ class Settings(BaseSettings):
         """PROCESSES, or its default for this role."""
         if self.processes is not None:
             return self.processes
-        if self.process_role == "worker":
-            return 1  # workers scale by starting more of them, each with its own ID
+        if self.process_role != "all":
+            return 1  # split mode scales by starting more API processes and workers
         return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_PROCESSES))
 
 
