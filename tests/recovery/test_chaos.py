@@ -20,6 +20,9 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
         # with the rest of the suite. `make chaos` runs the default (one per core), and
         # test_processes.py covers several processes' kills and restarts.
         processes=1,
+        # A fault every 0.3-1.2 s: in 24 s, with the service down for two restarts and the
+        # database for one crash, the default 1-3 s gap can leave fewer than three that strike.
+        net_gap=(0.3, 1.2),
         workdir=Path(tempfile.mkdtemp(prefix="saga-chaos-test-")),
     )
 
