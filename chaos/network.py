@@ -11,6 +11,7 @@ partition of everything for a few seconds. Half-open sessions the server still k
 closed after a while, as TCP keepalives would in the end.
 """
 
+import contextlib
 import random
 import threading
 import time
@@ -70,17 +71,19 @@ class NetworkSaboteur:
     def _cut(self) -> None:
         link = self._some_link()
         if link is not None:
-            self.proxy.cut(link, half_open=self.rng.random() < 0.5)
+            with contextlib.suppress(KeyError):  # it closed since it was picked: no fault
+                self.proxy.cut(link, half_open=self.rng.random() < 0.5)
 
     def _stall(self) -> None:
         link = self._some_link()
         if link is not None:
-            self.proxy.stall(
-                link,
-                self.rng.uniform(0.5, 4.0),
-                then_cut=self.rng.random() < 0.25,
-                half_open=self.rng.random() < 0.5,
-            )
+            with contextlib.suppress(KeyError):  # it closed since it was picked: no fault
+                self.proxy.stall(
+                    link,
+                    self.rng.uniform(0.5, 4.0),
+                    then_cut=self.rng.random() < 0.25,
+                    half_open=self.rng.random() < 0.5,
+                )
 
     def _lost_reply(self) -> None:
         armed = self.proxy.lose_reply(

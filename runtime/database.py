@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
+import sqlalchemy.exc
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from runtime import deadlines, embedded
@@ -175,6 +176,37 @@ def is_connection_failure(error: BaseException) -> bool:
         return False
     state = error.sqlstate
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+# A start rides out a database outage (a restart, a bad network) this long before it gives up.
+START_WAIT_SECONDS = 30.0
+
+
+def through_start_outages(
+    attempt: Callable[[], T],
+    what: str,
+    *,
+    between: Callable[[], None] | None = None,
+    seconds: float = START_WAIT_SECONDS,
+) -> T:
+    """attempt() until it returns, again after each connection failure (psycopg's or
+    SQLAlchemy's) for up to `seconds`, waiting 0.2 s, 0.4 s, ... 2 s in between and calling
+    `between` first. Any other error, or a failure once the time is up, is raised. For
+    work that may be done again from the top: a start's migrations, DBOS's launch."""
+    deadline = time.monotonic() + seconds
+    pause = 0.2
+    while True:
+        try:
+            return attempt()
+        except (sqlalchemy.exc.OperationalError, psycopg.OperationalError) as error:
+            failure = getattr(error, "orig", None) or error
+            if not is_connection_failure(failure) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("%s failed (%s); trying again", what, str(failure).strip())
+        if between is not None:
+            between()
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
 
 
 def reachable() -> bool:

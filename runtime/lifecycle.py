@@ -2,10 +2,7 @@
 
 import logging
 import threading
-import time
 
-import psycopg
-import sqlalchemy.exc
 from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
 from orders import control, intake
@@ -21,7 +18,6 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "order-saga"
 
-LAUNCH_TRIES = 5
 ALL_ROLE_QUEUE_POLL_SECONDS = 1.0
 SWEEP_INTERVAL_SECONDS = 10.0
 TAKEOVER_CHECK_SECONDS = 5.0
@@ -108,21 +104,16 @@ def start(settings: Settings) -> None:
 
 
 def _launch(url: str, settings: Settings) -> None:
-    """Launch DBOS, again if a connection fails while it does (a lost answer on a bad
-    network): DBOS retries its own statements once launched, but not during the launch,
-    which fails before it begins recovering sagas (and recovery is idempotent anyway)."""
-    for attempt in range(1, LAUNCH_TRIES + 1):
+    """Launch DBOS, again if a connection fails while it does (the database restarting, a
+    lost answer on a bad network), for up to START_WAIT_SECONDS: DBOS retries its own
+    statements once launched, but not during the launch, which fails before it begins
+    recovering sagas (and recovery is idempotent anyway)."""
+
+    def launch() -> None:
         DBOS(config=dbos_config(url, settings))
-        try:
-            DBOS.launch()
-            return
-        except (sqlalchemy.exc.OperationalError, psycopg.OperationalError) as error:
-            failure = getattr(error, "orig", error)
-            if attempt == LAUNCH_TRIES or not database.is_connection_failure(failure):
-                raise
-            log.warning("DBOS could not launch (%s); trying again", str(failure).strip())
-            DBOS.destroy()
-            time.sleep(0.2 * attempt)
+        DBOS.launch()
+
+    database.through_start_outages(launch, "launching DBOS", between=DBOS.destroy)
 
 
 def stop() -> None:

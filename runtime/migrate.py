@@ -5,13 +5,12 @@ import secrets
 import time
 from pathlib import Path
 
-import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from dbos import DBOS
 
-from runtime.database import LIVENESS, is_connection_failure, sqlalchemy_url
+from runtime.database import LIVENESS, sqlalchemy_url, through_start_outages
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Any fixed number: serialises schema changes when several processes start at once.
 MIGRATION_LOCK = 7_205_119_386
 MIGRATE_APP_PREFIX = "order-saga migrate "  # + this process's nonce: its lock sessions
-TRIES = 5
 # The server ends a lock session silent for this long, so that an orphan (its client cut
 # off, the answer to its lock lost) cannot keep every start waiting; far longer than any
 # pause between two migration statements.
@@ -28,19 +26,11 @@ IDLE_SESSION_SECONDS = 60
 
 def migrate(url: str) -> None:
     """Apply DBOS's migrations and ours, holding an advisory lock so starts can overlap.
-    A connection that fails meanwhile (a bad network) means: all of it again (each
-    migration is applied once, whatever was committed before stays)."""
+    A connection that fails meanwhile (the database restarting, a bad network) means: all
+    of it again, for up to START_WAIT_SECONDS (each migration is applied once, whatever was
+    committed before stays)."""
     name = MIGRATE_APP_PREFIX + secrets.token_hex(6)
-    for attempt in range(1, TRIES + 1):
-        try:
-            _migrate(url, name)
-            break
-        except (sa.exc.OperationalError, psycopg.OperationalError) as error:
-            failure = getattr(error, "orig", None) or error
-            if attempt == TRIES or not is_connection_failure(failure):
-                raise
-            log.warning("migrating failed (%s); trying again", str(failure).strip())
-            time.sleep(0.2 * attempt)
+    through_start_outages(lambda: _migrate(url, name), "migrating")
     log.info("database schema is up to date")
 
 

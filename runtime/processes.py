@@ -10,8 +10,11 @@ by a smaller PROCESSES later is taken over like any dead executor.
 
 As one: a serving process dies with the supervisor, even by SIGKILL (PR_SET_PDEATHSIG), so a
 `kill -9` of the service leaves nothing behind; SIGTERM and Ctrl-C stop them all cleanly. A
-serving process that fails to start stops the service (its exit status is the service's);
-one that dies later is started again.
+serving process that dies is started again after a second. One that fails to start (it
+exits before it serves) stops the service if no other serves (a broken configuration, an
+executor id in use: its exit status is the service's); while others serve, it is started
+again after a pause that doubles with each failed start (1 s, 2 s, ... 30 s), since the
+cause is then one that passes, such as the database going down while it started.
 """
 
 import ctypes
@@ -31,7 +34,8 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-RESTART_PAUSE_SECONDS = 1.0
+RESTART_PAUSE_SECONDS = 1.0  # before a serving process is started again; doubled while
+MAX_PAUSE = 30.0  # its starts keep failing, up to this
 STOP_SECONDS = 30.0
 
 
@@ -43,15 +47,20 @@ def executor_id(settings: Settings, number: int) -> str:
 @dataclass
 class _Serving:
     number: int
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: waiting to be started again
     ready: int  # the read end of a pipe the process writes to once it serves
     healthy: bool = False
+    failed_starts: int = 0  # starts in a row that ended before it served
+    start_at: float = 0.0  # time.monotonic() when a waiting one is started again
 
     def came_up(self) -> bool:
         """Whether it has said it serves (checked without waiting)."""
         if not self.healthy and select.select([self.ready], [], [], 0)[0]:
             self.healthy = os.read(self.ready, 1) == b"1"
         return self.healthy
+
+    def serves(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.came_up()
 
 
 class Supervisor:
@@ -75,26 +84,46 @@ class Supervisor:
         code = 0
         while self._stopping is None:
             for index, serving in enumerate(self._serving):
+                if serving.proc is None:
+                    if time.monotonic() >= serving.start_at:
+                        self._serving[index] = self._spawn(serving.number, serving.failed_starts)
+                    continue
                 serving.came_up()
                 status = serving.proc.poll()
                 if status is None:
                     continue
                 served = serving.came_up()  # its "ready", or the pipe's end
                 os.close(serving.ready)
-                if not served:
+                failed_starts = 0 if served else serving.failed_starts + 1
+                if not served and not any(other.serves() for other in self._serving):
                     log.error("serving process %d did not start (exit %d)", serving.number, status)
                     code, self._stopping = status or 1, signal.SIGTERM
                     break
-                log.warning(
-                    "serving process %d exited (%d): starting it again", serving.number, status
+                pause = min(RESTART_PAUSE_SECONDS * 2 ** max(failed_starts - 1, 0), MAX_PAUSE)
+                if served:
+                    log.warning(
+                        "serving process %d exited (%d): starting it again", serving.number, status
+                    )
+                else:  # the others serve: a database outage, say, not a broken service
+                    log.error(
+                        "serving process %d did not start (exit %d) while the others serve: "
+                        "trying again in %.0f s",
+                        serving.number,
+                        status,
+                        pause,
+                    )
+                self._serving[index] = _Serving(
+                    serving.number,
+                    None,
+                    -1,
+                    failed_starts=failed_starts,
+                    start_at=time.monotonic() + pause,
                 )
-                time.sleep(RESTART_PAUSE_SECONDS)
-                self._serving[index] = self._spawn(serving.number)
             time.sleep(0.1)
         self._stop_all()
         return 130 if self._stopping == signal.SIGINT and code == 0 else code
 
-    def _spawn(self, number: int) -> _Serving:
+    def _spawn(self, number: int, failed_starts: int = 0) -> _Serving:
         fd = self.listener.fileno()
         ready, ready_to_write = os.pipe()
         env = {
@@ -119,22 +148,23 @@ class Supervisor:
             preexec_fn=lambda: _die_with(parent),
         )
         os.close(ready_to_write)
-        return _Serving(number, proc, ready)
+        return _Serving(number, proc, ready, failed_starts=failed_starts)
 
     def _stop(self, signum: int, frame: types.FrameType | None) -> None:
         self._stopping = signum
 
     def _stop_all(self) -> None:
-        for serving in self._serving:
-            if serving.proc.poll() is None:
-                serving.proc.send_signal(signal.SIGTERM)
+        procs = [serving.proc for serving in self._serving if serving.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
-        for serving in self._serving:
+        for proc in procs:
             try:
-                serving.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                serving.proc.kill()
-                serving.proc.wait()
+                proc.kill()
+                proc.wait()
 
 
 def _die_with(parent: int) -> None:

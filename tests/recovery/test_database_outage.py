@@ -3,6 +3,7 @@ down for longer than all of a step's tries would last, and comes back: the servi
 503 quickly meanwhile, never hangs, and every saga resumes and finishes exactly once."""
 
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +156,29 @@ def test_the_audit_flags_a_pending_saga_with_no_live_process(
     assert "no live process holds 'local'" in violations[0]
     assert view["state"] == "COMPLETED"
     assert after == []
+
+
+def test_a_service_started_while_the_database_is_down_comes_up_once_it_is_back(
+    own_postgres: CrashablePostgres,
+) -> None:
+    """Started while PostgreSQL is down (crashed, restarting, or not up yet after a reboot),
+    the service waits for it, up to START_WAIT_SECONDS, instead of exiting: its migrations
+    and DBOS's launch are tried again. Then it serves."""
+    service = ServiceProcess(own_postgres.url, LOG_LEVEL="WARNING", SEED_DEMO_CATALOG="false")
+    own_postgres.crash()
+    back = threading.Timer(5.0, own_postgres.start_again)
+    back.start()
+    try:
+        service.start(timeout=60)
+        assert "migrating failed" in service.tail(400)  # it really started during the outage
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 500})
+            placed = client.post("/orders", params={"wait": 20}, json=order_body({"WIDGET": 1}))
+        assert placed.status_code == 200, placed.text
+        assert placed.json()["state"] == "COMPLETED"
+    except BaseException:
+        print(f"--- service log ({service.log}) ---\n{service.tail(120)}")
+        raise
+    finally:
+        back.join()
+        service.stop()

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from orders.audit import audit
+from runtime import executors
 from tests.recovery.conftest import wait_for_end, wait_until
 from tests.support.orders import assert_effects_match, available, order_body
 from tests.support.process import ServiceProcess
@@ -134,3 +135,70 @@ def test_a_serving_process_that_cannot_start_stops_the_service(
     assert "executor id 'local' is in use by another live process" in second.tail()
     assert "did not start" in second.tail()
     assert two.running()
+
+
+def test_a_serving_process_that_cannot_start_while_the_other_serves_is_tried_again(
+    two: ServiceProcess, service_db: str, sql: psycopg.Connection[Any]
+) -> None:
+    """Serving process 2 is SIGKILLed and, before it is back, another live holder takes its
+    executor id (this test: the lock, and a heartbeat that keeps moving). Its starts fail
+    while process 1 goes on serving, and the service stays up; once the id is free again,
+    the next start comes up. (With no other process serving, a failed start stops the
+    service: the test above.)"""
+    two.start(EXECUTOR_LOCK_WAIT_SECONDS="1")
+    second = next(p for p in serving(two) if "local-2" in " ".join(p.environ().values()))
+    holder = psycopg.connect(service_db, autocommit=True)
+    beating = threading.Event()
+
+    def beat() -> None:
+        with psycopg.connect(service_db, autocommit=True) as conn:
+            while not beating.wait(0.2):
+                conn.execute(
+                    """UPDATE orders.executors SET heartbeat_at = now()
+                        WHERE executor_id = 'local-2'"""
+                )
+
+    beater = threading.Thread(target=beat, daemon=True)
+    try:
+        second.kill()
+        second.wait(timeout=10)
+        wait_until(
+            lambda: (
+                holder.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended('dbos-executor:local-2', 0))"
+                ).fetchone()
+                == (True,)
+            ),
+            "the test holds executor id 'local-2'",
+            timeout=5,
+            every=0.01,
+        )
+        beater.start()
+        wait_until(
+            lambda: two.log.read_text().count("serving process 2 did not start") >= 2,
+            "two failed starts of serving process 2",
+            timeout=60,
+        )
+        assert two.running()
+        assert "executor id 'local-2' is in use by another live process" in two.log.read_text()
+        with httpx.Client(base_url=two.url, timeout=10) as client:
+            assert client.get("/healthz").status_code == 200  # process 1 serves all along
+    finally:
+        beating.set()
+        if beater.is_alive():
+            beater.join(timeout=5)
+        holder.close()  # the id is free again
+
+    alive = f"SELECT {executors.alive_sql(repr('local-2'))}"
+    wait_until(
+        lambda: sql.execute(alive).fetchone() == (True,),
+        "serving process 2 up again, holding its id",
+        timeout=60,
+    )
+    assert len(serving(two)) == 2
+    assert two.running()
+    with httpx.Client(base_url=two.url, timeout=30) as client:
+        client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 500})
+        placed = client.post("/orders", params={"wait": 20}, json=order_body({"WIDGET": 1}))
+    assert placed.status_code == 200, placed.text
+    assert placed.json()["state"] == "COMPLETED"
