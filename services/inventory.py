@@ -42,12 +42,14 @@ def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str,
     the reservation was released (or after a release that came first) is refused.
     """
     refusal: str | None = None
+    held: Outcome | None = None  # what this call reserved, once it has
     with conn.transaction() as tx:
         # Claiming the key first makes a concurrent call with the same key wait, then reuse.
         reservation_id = f"res_{uuid.uuid4().hex}"
         if not _claim(conn, reservation_id, key, order_id, "active"):
             raise psycopg.Rollback(tx)
         total = 0
+        lines: list[dict[str, Any]] = []
         for item in sorted(items, key=lambda i: str(i["sku"])):  # one lock order: no deadlocks
             sku, quantity = item["sku"], item["quantity"]
             row = conn.execute(
@@ -60,6 +62,7 @@ def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str,
                 refusal = _why_not_reservable(conn, sku, quantity)
                 raise psycopg.Rollback(tx)
             total += row[0] * quantity
+            lines.append({"sku": sku, "quantity": quantity, "unit_price_cents": row[0]})
             conn.execute(
                 """INSERT INTO inventory.reservation_lines
                        (reservation_id, sku, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)""",
@@ -69,6 +72,9 @@ def reserve_inventory(conn: Conn, key: str, order_id: str, items: list[dict[str,
             "UPDATE inventory.reservations SET total_cents = %s WHERE reservation_id = %s",
             (total, reservation_id),
         )
+        held = done(reservation_id=reservation_id, total_cents=total, lines=lines)
+    if held is not None:  # committed: what this call stored is the answer
+        return held
     if refusal is not None:  # keep the refusal, so the key answers the same way from now on
         _claim(conn, reservation_id, key, order_id, "refused", refusal)
     return _answer(conn, key)

@@ -26,8 +26,10 @@ def send_confirmation(conn: Conn, key: str, order_id: str, to: str) -> Outcome:
         return existing
     if to.lower().endswith(BOUNCING_DOMAIN):
         return refused(f"confirmation to {to} bounced: mailbox does not exist")
-    _insert(conn, key, order_id, "confirmation", to, "sent")
-    answer = _answer(conn, key)
+    sent = _insert(conn, key, order_id, "confirmation", to, "sent")
+    if sent is not None:  # this call sent it: the row is the answer
+        return _outcome(sent)
+    answer = _answer(conn, key)  # a concurrent call under the same key got there first
     assert answer is not None
     return answer
 
@@ -46,8 +48,8 @@ def send_cancellation_notice(
             if confirmation == "sent":
                 _insert(conn, key, order_id, "cancellation", to, "sent")
                 continue
-            if confirmation == "voided" or _insert(
-                conn, confirmation_key, order_id, "confirmation", to, "voided"
+            if confirmation == "voided" or (
+                _insert(conn, confirmation_key, order_id, "confirmation", to, "voided") is not None
             ):
                 return done(sent=False, reason="no confirmation went out, so none is retracted")
     answer = _answer(conn, key)
@@ -72,8 +74,12 @@ def _answer(conn: Conn, key: str) -> Outcome | None:
             f"SELECT {_COLUMNS} FROM notifications.notifications WHERE idempotency_key = %s",
             (key,),
         ).fetchone()
-    if row is None:
-        return None
+    return None if row is None else _outcome(row)
+
+
+def _outcome(row: dict[str, Any]) -> Outcome:
+    """The answer a notification row gives."""
+    row = dict(row)
     if row.pop("status") == "voided":
         return refused("the order was cancelled before its confirmation went out")
     return done(**row)
@@ -88,12 +94,15 @@ def _retracted(conn: Conn, order_id: str) -> bool:
     return row is not None
 
 
-def _insert(conn: Conn, key: str, order_id: str, kind: str, to: str, status: str) -> bool:
-    row = conn.execute(
-        """INSERT INTO notifications.notifications
-               (notification_id, idempotency_key, order_id, kind, "to", status)
-           VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING notification_id""",
-        (f"ntf_{uuid.uuid4().hex}", key, order_id, kind, to, status),
-    ).fetchone()
-    return row is not None
+def _insert(
+    conn: Conn, key: str, order_id: str, kind: str, to: str, status: str
+) -> dict[str, Any] | None:
+    """Store the key's notification; the stored row, or None if the key was taken already."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"""INSERT INTO notifications.notifications
+                    (notification_id, idempotency_key, order_id, kind, "to", status)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_COLUMNS}""",
+            (f"ntf_{uuid.uuid4().hex}", key, order_id, kind, to, status),
+        ).fetchone()

@@ -38,8 +38,10 @@ def process_payment(
                 f"process_payment: provider timed out ({FLAKY}, call {calls} of "
                 f"{FLAKY_FAILURES} that fail)"
             )
-    _insert(conn, key, order_id, "captured", amount_cents, payment_method)
-    answer = _answer(conn, key)
+    captured = _insert(conn, key, order_id, "captured", amount_cents, payment_method)
+    if captured is not None:  # this call captured it: the row is the answer
+        return done(**captured)
+    answer = _answer(conn, key)  # a concurrent call under the same key got there first
     assert answer is not None
     return answer
 
@@ -62,7 +64,7 @@ def refund_payment(conn: Conn, key: str, order_id: str) -> Outcome:
         key,
         in_effect="captured",
         undo=refund,
-        void=lambda: _insert(conn, key, order_id, "voided", 0, None),
+        void=lambda: _insert(conn, key, order_id, "voided", 0, None) is not None,
         verb="refunded",
     )
 
@@ -91,15 +93,16 @@ def _answer(conn: Conn, key: str) -> Outcome | None:
 
 def _insert(
     conn: Conn, key: str, order_id: str, status: str, amount: int, method: str | None
-) -> bool:
-    row = conn.execute(
-        """INSERT INTO payments.payments
-               (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
-           VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING payment_id""",
-        (f"pay_{uuid.uuid4().hex}", key, order_id, amount, method, status),
-    ).fetchone()
-    return row is not None
+) -> dict[str, Any] | None:
+    """Store the key's payment; the stored row, or None if the key was taken already."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"""INSERT INTO payments.payments
+                    (payment_id, idempotency_key, order_id, amount_cents, payment_method, status)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_COLUMNS}""",
+            (f"pay_{uuid.uuid4().hex}", key, order_id, amount, method, status),
+        ).fetchone()
 
 
 def _count_call(conn: Conn, key: str) -> int:

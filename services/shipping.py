@@ -30,8 +30,11 @@ def create_shipment(conn: Conn, key: str, order_id: str, address: dict[str, Any]
     country = address["country"]
     if country not in SERVED_COUNTRIES:
         return refused(f"shipping to {country} is not served")
-    _insert(conn, key, order_id, "created", f"TRK{secrets.randbelow(10**12):012d}", country)
-    answer = _answer(conn, key)
+    tracking = f"TRK{secrets.randbelow(10**12):012d}"
+    booked = _insert(conn, key, order_id, "created", tracking, country)
+    if booked is not None:  # this call booked it: the row is the answer
+        return done(**booked)
+    answer = _answer(conn, key)  # a concurrent call under the same key got there first
     assert answer is not None
     return answer
 
@@ -54,7 +57,7 @@ def cancel_shipment(conn: Conn, key: str, order_id: str) -> Outcome:
         key,
         in_effect="created",
         undo=cancel,
-        void=lambda: _insert(conn, key, order_id, "voided", None, None),
+        void=lambda: _insert(conn, key, order_id, "voided", None, None) is not None,
         verb="cancelled",
     )
 
@@ -83,12 +86,13 @@ def _answer(conn: Conn, key: str) -> Outcome | None:
 
 def _insert(
     conn: Conn, key: str, order_id: str, status: str, tracking: str | None, country: str | None
-) -> bool:
-    row = conn.execute(
-        """INSERT INTO shipping.shipments
-               (shipment_id, idempotency_key, order_id, status, tracking_number, country)
-           VALUES (%s, %s, %s, %s, %s, %s)
-           ON CONFLICT (idempotency_key) DO NOTHING RETURNING shipment_id""",
-        (f"shp_{uuid.uuid4().hex}", key, order_id, status, tracking, country),
-    ).fetchone()
-    return row is not None
+) -> dict[str, Any] | None:
+    """Store the key's shipment; the stored row, or None if the key was taken already."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"""INSERT INTO shipping.shipments
+                    (shipment_id, idempotency_key, order_id, status, tracking_number, country)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON CONFLICT (idempotency_key) DO NOTHING RETURNING {_COLUMNS}""",
+            (f"shp_{uuid.uuid4().hex}", key, order_id, status, tracking, country),
+        ).fetchone()
