@@ -1,5 +1,6 @@
-"""The configurations that run the service as users do: an API process that enqueues and
-worker processes that run the sagas (`make cluster`), driven over HTTP."""
+"""The configurations that run the service as users do, driven over HTTP: an API process that
+enqueues and worker processes that run the sagas (`make cluster`), and `make run` with
+clients that wait for each saga's end in their POST (`?wait=`)."""
 
 import threading
 import time
@@ -193,6 +194,71 @@ def saturate(
         "sagas_per_second": round(len(measured) / seconds, 2),
         "saga_latency": latency_ms([ended[one.order_id].at - one.sent_at for one in measured]),
         "post_latency": latency_ms([one.post_seconds for one in measured]),
+        "app_cpu_ms_per_saga": round(app_cpu / max(len(measured), 1) * 1000, 2),
+        "db_cpu_ms_per_saga": round(db_cpu / max(len(measured), 1) * 1000, 2),
+    }
+
+
+WAIT_SECONDS = 30  # POST /orders?wait=30, as ../shared/peers does
+FAILING_EVERY = 6  # one order in six compensates, as in ../shared/peers (1,000 + 200)
+
+
+def waited(
+    service: ServiceProcess,
+    postmaster_pid: int,
+    sku: str,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Closed loop, the way users call the service: `clients` clients each POST an order
+    with `?wait=` and read its end from the answer, again and again; one order in
+    FAILING_EVERY compensates. Measured over `seconds` after `warmup`. Latency is the POST's,
+    as the client sees it; every answer must carry the end its order must reach."""
+    done: list[tuple[float, float, float]] = []  # (sent at, answered at, seconds)
+    wrong: list[str] = []
+    lock = threading.Lock()
+    numbers = iter(range(10**9))
+    measure_from = time.time() + warmup
+    measure_until = measure_from + seconds
+    with shared_client(service.url) as http:
+
+        def client() -> None:
+            while time.time() < measure_until:
+                with lock:
+                    failing = next(numbers) % FAILING_EVERY == FAILING_EVERY - 1
+                body = order_body(sku, failing=failing)
+                sent_at, began = time.time(), time.perf_counter()
+                response = http.post("/orders", params={"wait": WAIT_SECONDS}, json=body)
+                took = time.perf_counter() - began
+                state = response.json().get("state") if response.status_code == 200 else None
+                with lock:
+                    if state != ("FAILED" if failing else "COMPLETED"):
+                        wrong.append(f"{body['order_id']}: {response.status_code} {state}")
+                    done.append((sent_at, sent_at + took, took))
+
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(client) for _ in range(clients)]
+            time.sleep(max(0.0, measure_from - time.time()))
+            cpu = CpuWindow([service.pid], postmaster_pid).start()
+            while time.time() < measure_until:
+                time.sleep(min(5.0, max(0.0, measure_until - time.time())))
+                progress(f"{len(done)} sagas done")
+            app_cpu, db_cpu = cpu.stop()
+            for future in futures:
+                future.result()
+    # The sagas whose answers came in the window: what the window's CPU time was spent on.
+    measured = [took for _, ended, took in done if measure_from <= ended <= measure_until]
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "sagas": len(measured),
+        "failing_share": round(1 / FAILING_EVERY, 3),
+        "failures": len(wrong),
+        "failure_examples": wrong[:3],
+        "sagas_per_second": round(len(measured) / seconds, 2),
+        "saga_latency": latency_ms(measured),
         "app_cpu_ms_per_saga": round(app_cpu / max(len(measured), 1) * 1000, 2),
         "db_cpu_ms_per_saga": round(db_cpu / max(len(measured), 1) * 1000, 2),
     }

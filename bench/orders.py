@@ -1,12 +1,17 @@
 """The order every benchmark saga runs: one unit of a SKU in stock, a card that is accepted,
-an address that is served; so every saga completes."""
+an address that is served; so every saga completes. In (e) one order in six ships to AQ,
+where the service does not deliver: its shipment is refused and the payment and the
+reservation are undone (the failing saga of ../shared/peers)."""
 
 import uuid
 from typing import Any
 
+UNSERVED_COUNTRY = "AQ"
 
-def order_body(sku: str) -> dict[str, Any]:
-    """A new order (its own order_id) as `POST /orders` takes it."""
+
+def order_body(sku: str, *, failing: bool = False) -> dict[str, Any]:
+    """A new order (its own order_id) as `POST /orders` takes it; `failing`: one whose saga
+    compensates (create_shipment is refused)."""
     return {
         "order_id": f"ord_bench_{uuid.uuid4().hex}",
         "customer_id": "bench",
@@ -18,6 +23,6 @@ def order_body(sku: str) -> dict[str, Any]:
             "line1": "1 Main St",
             "city": "Springfield",
             "postal_code": "12345",
-            "country": "US",
+            "country": UNSERVED_COUNTRY if failing else "US",
         },
     }

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -24,7 +25,7 @@ from bench.cluster import Cluster
 from bench.measure import peak_rss_mb
 from bench.orders import order_body
 from chaos.postgres import CrashablePostgres
-from chaos.service import ROOT, environment_without_knobs
+from chaos.service import ROOT, ServiceProcess, environment_without_knobs
 from orders.audit import audit
 from orders.model import TERMINAL_STATES
 from runtime.migrate import migrate
@@ -47,6 +48,7 @@ class Config:
     warmup: float = 3.0
     clients: int = 8  # in one process: enough to keep its one core (the GIL) busy
     http_clients: int = 32  # over HTTP: enough to keep a backlog on the queue
+    wait_clients: tuple[int, ...] = (1, 16)  # (e): as ../shared/peers measures
     recovery_sagas: int = 200
     recovery_latency_ms: int = 200
     waiting_sagas: int = 2000
@@ -79,6 +81,7 @@ class Config:
             rounds=int(os.environ.get("BENCH_ROUNDS", base.rounds)),
             clients=int(os.environ.get("BENCH_CLIENTS", base.clients)),
             http_clients=int(os.environ.get("BENCH_HTTP_CLIENTS", base.http_clients)),
+            wait_clients=base.wait_clients,
             recovery_sagas=base.recovery_sagas,
             recovery_latency_ms=base.recovery_latency_ms,
             waiting_sagas=int(os.environ.get("BENCH_WAITING_SAGAS", base.waiting_sagas)),
@@ -183,6 +186,36 @@ class Bench:
             "peak_rss_mb": peak,
             "at_half_capacity": half,
         }
+
+    # --- (e): `make run`, clients waiting in their POST ----------------------------------
+
+    def made_run(self) -> dict[str, Any]:
+        """`make run` as a user starts it (its default serving processes), then each of
+        `wait_clients` clients POSTing with `?wait=`; how soon it answered after its start."""
+        service = ServiceProcess(self.url, base_env=self.base_env)
+        began = time.monotonic()
+        service.start()
+        healthy_after = time.monotonic() - began
+        result: dict[str, Any] = {
+            "serving_processes": len(psutil.Process(service.pid).children()) or 1,
+            "healthy_after_seconds": round(healthy_after, 2),
+        }
+        try:
+            for clients in self.config.wait_clients:
+                name = f"make run, {clients} client{'s' if clients > 1 else ''}"
+                result[f"clients_{clients}"] = cluster.waited(
+                    service,
+                    self.postmaster_pid,
+                    SKU,
+                    clients,
+                    self.config.warmup,
+                    self.config.seconds,
+                    progress_for(name),
+                )
+            result["peak_rss_mb"] = peak_rss_mb(service.pid)
+        finally:
+            service.stop()
+        return result
 
     # --- recovery: everything killed mid-flight ------------------------------------------
 
@@ -356,6 +389,12 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
             bench.use_database(name)
             results[name] = bench.over_http(workers)
             say(f"{name}: {results[name]['sagas_per_second']} sagas/s")
+        say("e_make_run: `make run`, clients POSTing with ?wait=")
+        bench.use_database("e_make_run")
+        results["e_make_run"] = bench.made_run()
+        for clients in config.wait_clients:
+            rate = results["e_make_run"][f"clients_{clients}"]["sagas_per_second"]
+            say(f"e_make_run: {clients} clients, {rate} sagas/s")
         say(f"recovery: {config.recovery_sagas} sagas, everything killed mid-flight")
         bench.use_database("recovery")
         results["recovery"] = bench.recovery()

@@ -35,7 +35,7 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     results = {
         path.stem: json.loads(path.read_text()) for path in (tmp_path / "results").glob("*.json")
     }
-    assert set(results) == {*MEASURES, "recovery", "waiting", "summary"}
+    assert set(results) == {*MEASURES, "e_make_run", "recovery", "waiting", "summary"}
     for name in MEASURES:
         measure = results[name][name]
         assert measure["sagas"] > 0, measure
@@ -48,6 +48,15 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
         assert half["unfinished"] == 0, half
         assert half["refused_posts"] == 0, half
         assert half["post_latency"]["p50_ms"] > 0
+    made_run = results["e_make_run"]["e_make_run"]
+    assert made_run["serving_processes"] >= 1
+    assert made_run["healthy_after_seconds"] > 0
+    for clients in (1, 16):
+        run = made_run[f"clients_{clients}"]
+        assert run["sagas"] > 0, run
+        assert run["failures"] == 0, run  # each answer carried its order's end
+        assert run["saga_latency"]["p99_ms"] >= run["saga_latency"]["p50_ms"] > 0
+        assert run["app_cpu_ms_per_saga"] > 0
     recovery = results["recovery"]["recovery"]
     assert recovery["in_flight_at_kill"] > 0, recovery  # the crash really hit sagas in flight
     assert recovery["final_states"] == {"COMPLETED": recovery["sagas"]}, recovery
@@ -56,10 +65,11 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     assert sum(waiting["waiting_by_worker"].values()) == waiting["sagas"], waiting
     assert waiting["waiting_memory"]["app_rss_mb"] > 0
     targets = results["summary"]["meta"]["targets"]
-    assert len(targets) == 6
+    assert len(targets) == 7
     assert all(isinstance(t["met"], bool) for t in targets)
     text = doc.read_text()
     assert "prose kept" in text
     assert "old" not in text
     assert "(c) DBOS floor" in text
+    assert "(e) `make run`, POST ?wait=, 16 clients" in text
     assert "BENCH_QUICK=1 make bench" in text
