@@ -166,10 +166,18 @@ def test_a_service_started_while_the_database_is_down_comes_up_once_it_is_back(
     and DBOS's launch are tried again. Then it serves."""
     service = ServiceProcess(own_postgres.url, LOG_LEVEL="WARNING", SEED_DEMO_CATALOG="false")
     own_postgres.crash()
-    back = threading.Timer(5.0, own_postgres.start_again)
+
+    def back_once_it_waits() -> None:  # PostgreSQL is back once the service has tried it
+        deadline = time.monotonic() + 60
+        while "migrating failed" not in service.tail(400) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # and tried again at least once more
+        own_postgres.start_again()
+
+    back = threading.Thread(target=back_once_it_waits, daemon=True)
     back.start()
     try:
-        service.start(timeout=60)
+        service.start(timeout=90)
         assert "migrating failed" in service.tail(400)  # it really started during the outage
         with httpx.Client(base_url=service.url, timeout=30) as client:
             client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 500})
