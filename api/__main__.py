@@ -1,5 +1,10 @@
 """`python -m api` (`make run`): serve the API in the foreground until Ctrl-C or SIGTERM,
-in PROCESSES processes (runtime/processes.py)."""
+in PROCESSES processes (runtime/processes.py).
+
+The app (FastAPI, DBOS, SQLAlchemy: seconds of CPU to import) is imported only by a process
+that serves it. A supervisor of several serving processes does not import it, so that they
+start at once instead of after it.
+"""
 
 import argparse
 import logging
@@ -7,15 +12,15 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
-import uvicorn
-
-from api.app import create_app
 from runtime import embedded
-from runtime.database import resolve_url
 from runtime.exit import exit_if_sagas_wait
 from runtime.processes import Supervisor, say_ready
 from runtime.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = settings.serving_processes()
     if processes == 1:
         return serve(listener, settings, None)
-    url = resolve_url(settings)  # the supervisor owns the embedded server, if any
+    url = embedded.resolve_url(settings)  # the supervisor owns the embedded server, if any
     try:
         return Supervisor(settings, processes, listener, url).run()
     finally:
@@ -66,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(listener: socket.socket, settings: Settings, ready_fd: int | None) -> int:
     """Serve the app on `listener` until Ctrl-C or SIGTERM; the exit status."""
+    import uvicorn
+
+    from api.app import create_app
+
     config = uvicorn.Config(
         create_app(settings),
         log_level=settings.log_level.lower(),
@@ -81,7 +90,7 @@ def serve(listener: socket.socket, settings: Settings, ready_fd: int | None) -> 
     return 0 if server.started else 3
 
 
-def _say_ready_once_up(server: uvicorn.Server, ready_fd: int) -> None:
+def _say_ready_once_up(server: "uvicorn.Server", ready_fd: int) -> None:
     while not server.started and not server.should_exit:
         time.sleep(0.02)
     if server.started:

@@ -29,7 +29,7 @@ from bench.measure import CpuWindow, latency_ms
 from bench.orders import order_body
 from orders import intake
 from orders.model import Order, idempotency_key
-from runtime import database, lifecycle
+from runtime import database, embedded, lifecycle
 from runtime.migrate import migrate
 from runtime.settings import get_settings
 from services import inventory, notifications, payments, shipping
@@ -138,7 +138,7 @@ def main() -> int:
     postmaster_pid = int(os.environ["BENCH_POSTMASTER_PID"])
     settings = get_settings()
     if kind == "plain":
-        url = database.resolve_url(settings)
+        url = embedded.resolve_url(settings)
         migrate(url)
         database.open_pool(url, settings.db_pool_size, settings.step_timeout_seconds)
     else:

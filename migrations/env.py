@@ -3,7 +3,8 @@
 import sqlalchemy as sa
 from alembic import context
 
-from runtime.database import resolve_url, sqlalchemy_url
+from runtime.database import sqlalchemy_url
+from runtime.embedded import resolve_url
 from runtime.settings import get_settings
 
 config = context.config

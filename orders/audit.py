@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
     args = parser.parse_args(argv)
 
-    from runtime.database import resolve_url
+    from runtime.embedded import resolve_url
     from runtime.settings import get_settings
 
     url = resolve_url(get_settings())

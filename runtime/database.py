@@ -12,8 +12,7 @@ import psycopg
 import sqlalchemy.exc
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from runtime import deadlines, embedded
-from runtime.settings import Settings
+from runtime import deadlines
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +51,6 @@ class RuntimeStopped(BaseException):
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached: down, restarting, or a connection it cut."""
-
-
-def resolve_url(settings: Settings) -> str:
-    """DATABASE_URL if set, else the embedded server's URL (starting it if needed)."""
-    if settings.database_url:
-        return settings.database_url
-    return embedded.start(settings.data_dir)
 
 
 def url() -> str:

@@ -8,9 +8,18 @@ from typing import Any
 
 import psutil
 
+from runtime.settings import Settings
+
 log = logging.getLogger(__name__)
 
 _server: Any = None  # this process's handle on the server, if it started or attached to one
+
+
+def resolve_url(settings: Settings) -> str:
+    """DATABASE_URL if set, else the embedded server's URL (starting it if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    return start(settings.data_dir)
 
 
 def start(data_dir: Path) -> str:

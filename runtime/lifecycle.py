@@ -61,7 +61,7 @@ def start(settings: Settings) -> None:
     - api: run no saga; sagas are put on SAGA_QUEUE through a DBOS client.
     """
     global _client, _lease, _housekeeper
-    url = database.resolve_url(settings)
+    url = embedded.resolve_url(settings)
     runs_sagas = settings.process_role != "api"
     migrate(url)  # first: the lease lives in orders.executors; recovery needs our tables
     if runs_sagas:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import warnings
 
-from runtime.database import resolve_url
+from runtime.embedded import resolve_url
 from runtime.settings import get_settings
 
 
