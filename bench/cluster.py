@@ -142,6 +142,31 @@ def post_order(client: httpx.Client, body: dict[str, Any]) -> Sent:
     return Sent(body["order_id"], sent_at, time.perf_counter() - began, response.status_code)
 
 
+def closed_loop(
+    client: Callable[[], None],
+    clients: int,
+    window: tuple[float, float],
+    app_pids: list[int],
+    postmaster_pid: int,
+    report: Callable[[], None],
+) -> tuple[float, float]:
+    """Run `clients` threads of `client` (each loops until the window's end) and measure the
+    window (time.time() values): (app CPU seconds, PostgreSQL CPU seconds) spent in it.
+    `report` is called every 5 s; a client's exception is raised here."""
+    measure_from, measure_until = window
+    with ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client) for _ in range(clients)]
+        time.sleep(max(0.0, measure_from - time.time()))
+        cpu = CpuWindow(app_pids, postmaster_pid).start()
+        while time.time() < measure_until:
+            time.sleep(min(5.0, max(0.0, measure_until - time.time())))
+            report()
+        app_cpu, db_cpu = cpu.stop()
+        for future in futures:
+            future.result()
+    return app_cpu, db_cpu
+
+
 def saturate(
     cluster: Cluster,
     url: str,
@@ -170,16 +195,10 @@ def saturate(
                 with lock:
                     sent.append(one)
 
-        with ThreadPoolExecutor(clients) as pool:
-            futures = [pool.submit(client) for _ in range(clients)]
-            time.sleep(max(0.0, measure_from - time.time()))
-            cpu = CpuWindow(cluster.pids(), postmaster_pid).start()
-            while time.time() < measure_until:
-                time.sleep(min(5.0, max(0.0, measure_until - time.time())))
-                progress(f"{len(sent)} sagas done")
-            app_cpu, db_cpu = cpu.stop()
-            for future in futures:
-                future.result()
+        app_cpu, db_cpu = closed_loop(
+            client, clients, (measure_from, measure_until), cluster.pids(), postmaster_pid,
+            lambda: progress(f"{len(sent)} sagas done"),
+        )  # fmt: skip
         ended = watcher.ended
     measured = [
         one
@@ -238,16 +257,10 @@ def waited(
                         wrong.append(f"{body['order_id']}: {response.status_code} {state}")
                     done.append((sent_at, sent_at + took, took))
 
-        with ThreadPoolExecutor(clients) as pool:
-            futures = [pool.submit(client) for _ in range(clients)]
-            time.sleep(max(0.0, measure_from - time.time()))
-            cpu = CpuWindow([service.pid], postmaster_pid).start()
-            while time.time() < measure_until:
-                time.sleep(min(5.0, max(0.0, measure_until - time.time())))
-                progress(f"{len(done)} sagas done")
-            app_cpu, db_cpu = cpu.stop()
-            for future in futures:
-                future.result()
+        app_cpu, db_cpu = closed_loop(
+            client, clients, (measure_from, measure_until), [service.pid], postmaster_pid,
+            lambda: progress(f"{len(done)} sagas done"),
+        )  # fmt: skip
     # The sagas whose answers came in the window: what the window's CPU time was spent on.
     measured = [took for _, ended, took in done if measure_from <= ended <= measure_until]
     return {

@@ -84,44 +84,44 @@ class Supervisor:
         code = 0
         while self._stopping is None:
             for index, serving in enumerate(self._serving):
-                if serving.proc is None:
+                if serving.proc is None:  # waiting to be started again
                     if time.monotonic() >= serving.start_at:
                         self._serving[index] = self._spawn(serving.number, serving.failed_starts)
                     continue
                 serving.came_up()
                 status = serving.proc.poll()
-                if status is None:
-                    continue
-                served = serving.came_up()  # its "ready", or the pipe's end
-                os.close(serving.ready)
-                failed_starts = 0 if served else serving.failed_starts + 1
-                if not served and not any(other.serves() for other in self._serving):
-                    log.error("serving process %d did not start (exit %d)", serving.number, status)
-                    code, self._stopping = status or 1, signal.SIGTERM
-                    break
-                pause = min(RESTART_PAUSE_SECONDS * 2 ** max(failed_starts - 1, 0), MAX_PAUSE)
-                if served:
-                    log.warning(
-                        "serving process %d exited (%d): starting it again", serving.number, status
-                    )
-                else:  # the others serve: a database outage, say, not a broken service
-                    log.error(
-                        "serving process %d did not start (exit %d) while the others serve: "
-                        "trying again in %.0f s",
-                        serving.number,
-                        status,
-                        pause,
-                    )
-                self._serving[index] = _Serving(
-                    serving.number,
-                    None,
-                    -1,
-                    failed_starts=failed_starts,
-                    start_at=time.monotonic() + pause,
-                )
+                if status is not None:
+                    served = serving.came_up()  # its "ready", or the pipe's end
+                    os.close(serving.ready)
+                    if not served and not any(other.serves() for other in self._serving):
+                        log.error(
+                            "serving process %d did not start (exit %d)", serving.number, status
+                        )
+                        code, self._stopping = status or 1, signal.SIGTERM
+                        break
+                    self._serving[index] = self._later(serving, served, status)
             time.sleep(0.1)
         self._stop_all()
         return 130 if self._stopping == signal.SIGINT and code == 0 else code
+
+    def _later(self, ended: _Serving, served: bool, status: int) -> _Serving:
+        """What stands for a serving process that exited (the service going on): itself, to
+        be started again after a pause (1 s; doubled with each start in a row that failed)."""
+        failed_starts = 0 if served else ended.failed_starts + 1
+        pause = min(RESTART_PAUSE_SECONDS * 2 ** max(failed_starts - 1, 0), MAX_PAUSE)
+        if served:
+            log.warning("serving process %d exited (%d): starting it again", ended.number, status)
+        else:  # the others serve: a database outage, say, not a broken service
+            log.error(
+                "serving process %d did not start (exit %d) while the others serve: "
+                "trying again in %.0f s",
+                ended.number,
+                status,
+                pause,
+            )
+        return _Serving(
+            ended.number, None, -1, failed_starts=failed_starts, start_at=time.monotonic() + pause
+        )
 
     def _spawn(self, number: int, failed_starts: int = 0) -> _Serving:
         fd = self.listener.fileno()

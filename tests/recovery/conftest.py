@@ -8,7 +8,9 @@ import httpx
 import psycopg
 import pytest
 
+from orders.audit import audit
 from tests.support import postgres
+from tests.support.orders import assert_effects_match, available
 from tests.support.process import ServiceProcess
 
 pytestmark = pytest.mark.recovery
@@ -67,3 +69,16 @@ def wait_for_end(base_url: str, order_id: str, timeout: float = 60) -> dict[str,
                 return view
             time.sleep(0.05)
     raise AssertionError(f"{order_id} did not finish: {view}")
+
+
+def all_complete_once(
+    base_url: str, sql: psycopg.Connection[Any], bodies: list[dict[str, Any]]
+) -> None:
+    """Every order of `bodies` (of WIDGET, from a stock of 1000) ends COMPLETED, each effect
+    once, and the audit finds nothing."""
+    for body in bodies:
+        view = wait_for_end(base_url, body["order_id"], timeout=90)
+        assert view["state"] == "COMPLETED", view
+        assert_effects_match(sql, view)
+    assert available(sql, "WIDGET") == 1000 - len(bodies)
+    assert audit(sql).violations == []

@@ -12,10 +12,9 @@ import psutil
 import psycopg
 import pytest
 
-from orders.audit import audit
 from runtime import executors
-from tests.recovery.conftest import wait_for_end, wait_until
-from tests.support.orders import assert_effects_match, available, order_body
+from tests.recovery.conftest import all_complete_once, wait_until
+from tests.support.orders import order_body
 from tests.support.process import ServiceProcess
 
 TWO = {"PROCESSES": "2", "PARTICIPANT_LATENCY_MS": "300"}
@@ -62,17 +61,6 @@ def place_until_both_run(
         bodies += batch
         time.sleep(0.1)
     return bodies
-
-
-def all_complete_once(
-    base_url: str, sql: psycopg.Connection[Any], bodies: list[dict[str, Any]]
-) -> None:
-    for body in bodies:
-        view = wait_for_end(base_url, body["order_id"], timeout=90)
-        assert view["state"] == "COMPLETED", view
-        assert_effects_match(sql, view)
-    assert available(sql, "WIDGET") == 1000 - len(bodies)
-    assert audit(sql).violations == []
 
 
 def test_two_processes_share_the_port_and_a_kill_of_the_service_leaves_nothing_running(
