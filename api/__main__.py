@@ -11,16 +11,11 @@ import logging
 import socket
 import sys
 import threading
-import time
-from typing import TYPE_CHECKING
 
-from runtime import embedded
+from runtime import embedded, starting
 from runtime.exit import exit_if_sagas_wait
 from runtime.processes import Supervisor, say_ready
 from runtime.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    import uvicorn
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -71,30 +66,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(listener: socket.socket, settings: Settings, ready_fd: int | None) -> int:
     """Serve the app on `listener` until Ctrl-C or SIGTERM; the exit status."""
+    # Until the app has started, calls are answered 503, not held (runtime/starting.py). A
+    # supervisor's serving process leaves that to the supervisor: it answers while none serves.
+    up = threading.Event()
+    if ready_fd is None:
+        starting.answer_until(listener, up.is_set)
+
+    def started() -> None:  # by the app, before uvicorn accepts its first call
+        up.set()
+        say_ready(ready_fd)
+
     import uvicorn
 
     from api.app import create_app
 
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, on_started=started),
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    if ready_fd is not None:
-        threading.Thread(target=_say_ready_once_up, args=(server, ready_fd), daemon=True).start()
     try:
         server.run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down
         return 130
+    finally:
+        up.set()  # whatever happened, nothing answers for it any more
     return 0 if server.started else 3
-
-
-def _say_ready_once_up(server: "uvicorn.Server", ready_fd: int) -> None:
-    while not server.started and not server.should_exit:
-        time.sleep(0.02)
-    if server.started:
-        say_ready(ready_fd)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """The FastAPI application: routes, error mapping, and the runtime's start and stop."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -29,8 +29,11 @@ class HealthDown(BaseModel):
     detail: str
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app; starting it migrates the database, launches DBOS and resumes sagas."""
+def create_app(
+    settings: Settings | None = None, on_started: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app; starting it migrates the database, launches DBOS and resumes sagas, then
+    calls `on_started` (before the server accepts its first call)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             lifecycle.stop()  # give back what was taken: the executor id, the embedded server
             raise
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:

@@ -124,6 +124,7 @@ class Result:
     problems: list[str]
     posts: int
     post_503: int
+    starting_503: int  # of post_503: answered while the service started (runtime/starting.py)
     slowest_503: float
     workdir: Path
     coverage: dict[str, Counter[str]] = field(default_factory=dict)
@@ -147,7 +148,8 @@ class Result:
             f"{self.db_restarts} database restarts, {network.describe(self.network)}, "
             f"{self.lost} lost, "
             f"{self.duplicated} duplicated, {self.stuck} stuck, {self.wrong} wrong outcomes; "
-            f"{self.posts} POSTs, {self.post_503} answered 503 (slowest {self.slowest_503:.1f} s)"
+            f"{self.posts} POSTs, {self.post_503} answered 503 ({self.starting_503} while the "
+            f"service started; slowest {self.slowest_503:.1f} s)"
             + (f"; never exercised: {', '.join(self.unexercised)}" if self.unexercised else "")
         )
 
@@ -164,6 +166,7 @@ class Shared:
     problems: list[str] = field(default_factory=list)
     posts: int = 0
     post_503: int = 0
+    starting_503: int = 0
     slowest_503: float = 0.0
     kills: int = 0
     db_restarts: int = 0
@@ -326,6 +329,7 @@ def _post_until_answered(
             shared.posts += 1
             if response.status_code == 503:
                 shared.post_503 += 1
+                shared.starting_503 += "starting" in response.text
                 shared.slowest_503 = max(shared.slowest_503, took)
         if response.status_code in (200, 202):
             answer: dict[str, Any] = response.json()
@@ -581,6 +585,7 @@ def _result(
         problems=problems,
         posts=shared.posts,
         post_503=shared.post_503,
+        starting_503=shared.starting_503,
         slowest_503=shared.slowest_503,
         workdir=workdir,
         coverage={kind: +ends for kind, ends in coverage.items()},

@@ -14,7 +14,8 @@ serving process that dies is started again after a second. One that fails to sta
 exits before it serves) stops the service if no other serves (a broken configuration, an
 executor id in use: its exit status is the service's); while others serve, it is started
 again after a pause that doubles with each failed start (1 s, 2 s, ... 30 s), since the
-cause is then one that passes, such as the database going down while it started.
+cause is then one that passes, such as the database going down while it started. While none
+of them serves, the supervisor answers calls 503 itself (runtime/starting.py).
 """
 
 import ctypes
@@ -29,6 +30,7 @@ import time
 import types
 from dataclasses import dataclass
 
+from runtime import starting
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,22 @@ class Supervisor:
                         code, self._stopping = status or 1, signal.SIGTERM
                         break
                     self._serving[index] = self._later(serving, served, status)
-            time.sleep(0.1)
+            self._wait(0.1)
         self._stop_all()
         return 130 if self._stopping == signal.SIGINT and code == 0 else code
+
+    def _wait(self, seconds: float) -> None:
+        """Pause for `seconds`, answering 503 to the calls that come while none serves
+        (runtime/starting.py): the service starting, or all its serving processes restarting."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0 and self._stopping is None:
+            if self._any_serves():
+                time.sleep(left)
+                return
+            starting.answer_one(self.listener, left, self._any_serves)
+
+    def _any_serves(self) -> bool:
+        return any(serving.serves() for serving in self._serving)
 
     def _later(self, ended: _Serving, served: bool, status: int) -> _Serving:
         """What stands for a serving process that exited (the service going on): itself, to

@@ -34,7 +34,8 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
     assert result.kills >= 2
     assert result.db_restarts == 1
     assert network.total(result.network) >= 3, result.network
-    assert result.post_503 >= 1  # the database really was gone while clients were posting
+    # the database really was gone while clients were posting (not only the service)
+    assert result.post_503 - result.starting_503 >= 1
     assert result.sagas >= 30  # the service is down for much of the run on a busy machine
     assert set(result.coverage) >= {"visa", "declined", "cancel", "approve", "reject"}
     assert result.states["COMPLETED"]

@@ -190,3 +190,60 @@ def test_a_service_started_while_the_database_is_down_comes_up_once_it_is_back(
     finally:
         back.join()
         service.stop()
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_call_that_comes_while_the_service_starts_is_answered_503_at_once(
+    own_postgres: CrashablePostgres, processes: str
+) -> None:
+    """The listening socket is there from the service's first moment. While the service
+    starts (here: waiting for PostgreSQL, which is down), a call is answered 503 with
+    Retry-After at once, not held in the socket's backlog until the service is up and then
+    given its own DB_WAIT_SECONDS (runtime/starting.py). Nothing it sent is stored; once the
+    database is back the same call succeeds. With several serving processes the supervisor
+    answers, with one the process itself."""
+    service = ServiceProcess(
+        own_postgres.url,
+        LOG_LEVEL="WARNING",
+        SEED_DEMO_CATALOG="false",
+        DB_WAIT_SECONDS=str(DB_WAIT_SECONDS),
+        PROCESSES=processes,
+    )
+    own_postgres.crash()
+    starter = threading.Thread(target=service.start, kwargs={"timeout": 90}, daemon=True)
+    starter.start()
+    body = order_body({"WIDGET": 1})
+    key = {"Idempotency-Key": "while-starting"}
+    try:
+        wait_until(lambda: "migrating failed" in service.tail(400), "a start", timeout=60)
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            for call in (
+                lambda: client.post("/orders", json=body, headers=key),
+                lambda: client.post("/orders", params={"wait": 10}, json=body, headers=key),
+                lambda: client.get("/healthz"),
+                lambda: client.get("/orders/0f0f0f0f-0000-4000-8000-000000000000"),
+            ):
+                started = time.monotonic()
+                answer = call()
+                took = time.monotonic() - started
+                assert answer.status_code == 503, answer.text
+                assert "starting" in answer.json()["detail"]
+                assert answer.headers["Retry-After"] == "1"
+                assert took < 1.0, f"answered after {took:.1f} s"
+            own_postgres.start_again()
+            starter.join(timeout=90)
+            assert client.get("/healthz").status_code == 200
+            with psycopg.connect(own_postgres.url) as conn:
+                stored = conn.execute("SELECT count(*) FROM orders.orders").fetchone()
+            assert stored == (0,)  # nothing of the calls answered 503 was kept
+            client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 500})
+            placed = client.post("/orders", params={"wait": 20}, json=body, headers=key)
+        assert placed.status_code == 200, placed.text
+        assert placed.json()["state"] == "COMPLETED"
+    except BaseException:
+        print(f"--- service log ({service.log}) ---\n{service.tail(120)}")
+        raise
+    finally:
+        own_postgres.start_again()  # if a check above failed first
+        starter.join(timeout=90)
+        service.stop()
