@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: run api worker cluster test psql audit chaos bench lint format lock clean
+.PHONY: run api worker cluster test psql dbos audit chaos bench lint format lock clean
 
 run: $(VENV)/.synced
 	$(PY) -m api
@@ -25,6 +25,10 @@ test: $(VENV)/.synced
 
 psql: $(VENV)/.synced
 	$(PY) -m runtime.psql
+
+# DBOS's own CLI on the database in use, e.g. make dbos ARGS="workflow list"
+dbos: $(VENV)/.synced
+	$(PY) -m runtime.dbos_cli $(ARGS)
 
 audit: $(VENV)/.synced
 	$(PY) -m orders.audit

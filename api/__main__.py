@@ -7,12 +7,11 @@ start at once instead of after it.
 """
 
 import argparse
-import logging
 import socket
 import sys
 import threading
 
-from runtime import embedded, starting
+from runtime import embedded, logs, starting
 from runtime.exit import exit_if_sagas_wait
 from runtime.processes import Supervisor, say_ready
 from runtime.settings import Settings, get_settings
@@ -41,10 +40,7 @@ def listen(host: str, port: int) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl command
+    logs.configure(settings.log_level, settings.log_format)
     if args.listen_fd is not None:  # one of a supervisor's serving processes
         return serve(socket.socket(fileno=args.listen_fd), settings, args.ready_fd)
     # Bind before anything else: a second `make run` must fail here, before it launches
@@ -83,6 +79,7 @@ def serve(listener: socket.socket, settings: Settings, ready_fd: int | None) -> 
     config = uvicorn.Config(
         create_app(settings, on_started=started),
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go to the one handler of runtime.logs
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)

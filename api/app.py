@@ -6,13 +6,13 @@ from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from api import access, db, errors, orders, services
 from api.limits import BodySizeLimit
 from api.responses import TOO_LARGE, UNAVAILABLE
-from runtime import lifecycle
+from runtime import lifecycle, metrics, tracing
 from runtime.settings import Settings, get_settings
 
 DESCRIPTION = """Order fulfillment as a durable saga: reserve inventory, process payment,
@@ -62,6 +62,10 @@ def create_app(
     access.warn_if_exposed(settings)
     app.add_middleware(db.DatabaseBudget)
     app.add_middleware(BodySizeLimit)
+    if settings.metrics:
+        app.add_middleware(metrics.HttpMetrics)  # outermost: it times and counts every answer
+    tracing.configure()
+    tracing.instrument(app)  # server spans, if tracing is on (then outermost)
     errors.install(app)
     app.include_router(orders.router, responses=UNAVAILABLE)
     app.include_router(services.router, responses=UNAVAILABLE)
@@ -85,5 +89,22 @@ def create_app(
                 headers={"Retry-After": "5"},
             )
         return JSONResponse({"status": "ok"})
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={
+            200: {"content": {metrics.CONTENT_TYPE_LATEST: {}}},
+            404: {"description": "METRICS=false"},
+        },
+    )
+    def prometheus_metrics() -> Response:
+        """Prometheus text format: this process's counters and histograms (with several
+        serving processes, all of theirs), and the fleet's gauges read from the database.
+        No token needed. 404 when METRICS=false."""
+        if not settings.metrics:
+            return JSONResponse({"detail": "metrics are off (METRICS=false)"}, status_code=404)
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
 
     return app

@@ -7,6 +7,7 @@ database is down, or the path to it stalls or goes half-open, the call answers 5
 the retry safe.
 """
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,7 +88,9 @@ def within_wait(call: Callable[[], T]) -> T:
             done.set()
 
     # A daemon thread: one still waiting for the database must not hold the process's exit.
-    threading.Thread(target=run, name="api-dbos-call", daemon=True).start()
+    # It runs in a copy of the caller's context: the request's trace (runtime/tracing.py).
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(run,), name="api-dbos-call", daemon=True).start()
     if not done.wait(max(deadline() - time.monotonic(), 0.0)):
         raise database.DatabaseUnavailable(
             f"the database did not answer within DB_WAIT_SECONDS={get_settings().db_wait_seconds}"

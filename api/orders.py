@@ -25,6 +25,7 @@ from api.schemas import (
 from orders import control, intake, views
 from orders.errors import OrderNotFound
 from orders.model import SagaState
+from runtime import metrics
 from workflows import order_fulfillment
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,14 @@ def get_order(order_id: OrderIdPath) -> dict[str, Any]:
 def list_orders(
     state: SagaState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    attention: Annotated[
+        bool | None,
+        Query(description="true: only sagas that need attention; false: only those that don't"),
+    ] = None,
 ) -> dict[str, Any]:
     """Summaries, newest first."""
     with db.connection() as conn:
-        return {"orders": views.list_orders(conn, state, limit)}
+        return {"orders": views.list_orders(conn, state, limit, attention)}
 
 
 def _place(
@@ -102,6 +107,12 @@ def _place(
     """The stored order, and the future of its saga's end if the saga runs in this process."""
     with db.connection() as conn:
         placement = intake.place(conn, request, idempotency_key)
+    if placement.created:
+        metrics.saga_started()
+        log.info(
+            "order placed, saga starting",
+            extra={"order_id": placement.order_id, "saga_id": placement.saga_id},
+        )
     running = None
     if placement.created or placement.state == "STARTED":
         # Also on a retry: the first request may have died between storing and starting.

@@ -123,6 +123,19 @@ class OrderView(BaseModel):
     dbos_status: str | None = Field(description="The DBOS workflow status behind the saga")
     approval: Approval | None = Field(description="Set once the order waited for approval")
     cancel_requested_at: datetime | None
+    needs_attention: bool = Field(
+        description="Not COMPLETED/FAILED, and parked, or its workflow ended without finishing "
+        "it, or unchanged for more than ATTENTION_AFTER_SECONDS (past its approval deadline, "
+        "if waiting for one)"
+    )
+    attention_reason: str | None = Field(
+        description="Which rule makes it need attention: 'parked', 'workflow ended without "
+        "finishing it', 'unchanged for N s' (+ ' past its approval deadline'); else null"
+    )
+    trace_id: str | None = Field(
+        description="The saga's OpenTelemetry trace (32 hex digits), from POST /orders "
+        "through every step; null when tracing was off (OTEL_EXPORTER_OTLP_ENDPOINT unset)"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -9,6 +9,9 @@ BENCH_KIND picks what one "saga" is:
 - plain: no durability: the order stored and the same four service operations
   (services/*) called in plain Python, no DBOS, no journal.
 
+BENCH_LOG_FILE, if set, gets the service's log records (`runtime.logs`, in LOG_FORMAT from
+LOG_LEVEL up), as `make run` writes them to its standard error.
+
 BENCH_CLIENTS threads each run sagas one after another for BENCH_WARMUP_SECONDS (not
 counted), then BENCH_SECONDS (measured). The result is one line of JSON on stdout; progress
 goes to stderr. The database (DATABASE_URL) must hold the SKU BENCH_SKU in stock.
@@ -29,7 +32,7 @@ from bench.measure import CpuWindow, latency_ms
 from bench.orders import order_body
 from orders import intake
 from orders.model import Order, idempotency_key
-from runtime import database, embedded, lifecycle
+from runtime import database, embedded, lifecycle, logs
 from runtime.migrate import migrate
 from runtime.settings import get_settings
 from services import inventory, notifications, payments, shipping
@@ -137,6 +140,10 @@ def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     postmaster_pid = int(os.environ["BENCH_POSTMASTER_PID"])
     settings = get_settings()
+    log_file = os.environ.get("BENCH_LOG_FILE")
+    if log_file:  # the service's logging, its records written to a file (not the progress)
+        records = open(log_file, "a", buffering=1)  # noqa: SIM115 (open for the run)
+        logs.configure(settings.log_level, settings.log_format, stream=records)
     if kind == "plain":
         url = embedded.resolve_url(settings)
         migrate(url)

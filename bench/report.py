@@ -17,6 +17,11 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PACKAGES = ("dbos", "fastapi", "uvicorn", "psycopg", "sqlalchemy", "pydantic", "pgserver")
 IN_PROCESS = (("a_saga", "(a) order saga, in-process"), ("c_floor", "(c) DBOS floor, no-op steps"))
 PLAIN = ("d_plain", "(d) plain Python, no durability")
+SEEN = (
+    ("f_all_off", "(f) order saga, METRICS=false, LOG_LEVEL=WARNING"),
+    ("f_metrics_logs", "(f) order saga, metrics + JSON logs at INFO"),
+    ("f_traced", "(f) order saga, metrics + JSON logs + traces to a local OTLP sink"),
+)
 HTTP = (
     ("b_http_1_worker", "(b) HTTP, API + 1 worker"),
     ("b_http_2_workers", "(b) HTTP, API + 2 workers"),
@@ -62,6 +67,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ratio >= 0.9,
         "order saga / DBOS floor, median of the rounds' ratios",
     )
+    if "f_all_off" in results:
+        off = results["f_all_off"]["rounds_cpu_ms_per_saga"]
+        for key, label, goal in (
+            ("f_metrics_logs", "metrics + JSON logs", 1.05),
+            ("f_traced", "metrics + JSON logs + tracing", None),
+        ):
+            on = results[key]["rounds_cpu_ms_per_saga"]
+            cost = statistics.median(b / a for a, b in zip(off, on, strict=True))
+            add(
+                f"{label}: CPU per saga / all off",
+                round(cost, 3),
+                f"<= {goal}" if goal else "(reported)",
+                goal is None or cost <= goal,
+                "app + PostgreSQL CPU ms per saga, in-process, median of the rounds' ratios",
+            )
     for key, label in HTTP:
         p99 = results[key]["at_half_capacity"]["post_latency"]["p99_ms"]
         add(f"POST p99 at half capacity, {label[4:]}", p99, "<= 25 ms", p99 <= 25, "ms")
@@ -159,7 +179,7 @@ def table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "app CPU ms/saga | PostgreSQL CPU ms/saga | peak RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, label in (*IN_PROCESS, PLAIN):
+    for key, label in (*IN_PROCESS, PLAIN, *(seen for seen in SEEN if seen[0] in results)):
         r = results[key]
         lines.append(
             f"| {label} | {r['sagas_per_second']:g} | {_pair(r['saga_latency'])} | - | "

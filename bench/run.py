@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +31,7 @@ from chaos.service import ROOT, ServiceProcess, environment_without_knobs
 from orders.audit import audit
 from orders.model import TERMINAL_STATES
 from runtime.migrate import migrate
+from runtime.processes import ALL_SERVE
 from services import inventory
 
 SKU = "BENCH-ITEM"
@@ -124,9 +127,10 @@ class Bench:
 
     # --- (a), (c), (d): in one process --------------------------------------------------
 
-    def in_process(self, kind: str) -> dict[str, Any]:
+    def in_process(self, kind: str, extra_env: dict[str, str]) -> dict[str, Any]:
         env = {
             **self.base_env,
+            **extra_env,
             "DATABASE_URL": self.url,
             "EXECUTOR_ID": f"bench-{kind}",
             "BENCH_KIND": kind,
@@ -192,13 +196,21 @@ class Bench:
     def made_run(self) -> dict[str, Any]:
         """`make run` as a user starts it (its default serving processes), then each of
         `wait_clients` clients POSTing with `?wait=`; how soon it answered after its start."""
-        service = ServiceProcess(self.url, base_env=self.base_env)
+        # As a user runs it: its default LOG_LEVEL too (INFO, the saga's life in JSON lines).
+        service = ServiceProcess(self.url, base_env={**self.base_env, "LOG_LEVEL": "INFO"})
         began = time.monotonic()
         service.start()
         healthy_after = time.monotonic() - began
+        processes = len(psutil.Process(service.pid).children()) or 1
+        if processes > 1:  # measure once all serve: clients keep their first connection
+            line = ALL_SERVE % processes
+            deadline = time.monotonic() + 60
+            while line not in service.tail(200) and time.monotonic() < deadline:
+                time.sleep(0.05)
         result: dict[str, Any] = {
-            "serving_processes": len(psutil.Process(service.pid).children()) or 1,
+            "serving_processes": processes,
             "healthy_after_seconds": round(healthy_after, 2),
+            "all_serving_after_seconds": round(time.monotonic() - began, 2),
         }
         try:
             for clients in self.config.wait_clients:
@@ -348,6 +360,37 @@ class Bench:
         return {str(executor): int(n) for executor, n in rows}
 
 
+class TraceSink:
+    """A local OTLP/HTTP endpoint for (f): it takes the batches of spans and keeps only
+    their count and size, as a collector on the same machine would take them."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.batches = 0  # export requests, each a batch of spans
+        self.bytes = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.batches += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def prepare(url: str) -> None:
     migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -365,24 +408,50 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
         if on_start is not None:
             on_start(pg.url)
         bench = Bench(config, pg)
-        in_process = (("saga", "a_saga"), ("floor", "c_floor"), ("plain", "d_plain"))
-        rounds: dict[str, list[dict[str, Any]]] = {name: [] for _, name in in_process}
-        for _, name in in_process:
+        sink = TraceSink()
+        # (a) has the metrics on and the log quiet (LOG_LEVEL=WARNING), as (c) and (d); the
+        # (f) runs are the same saga with everything it can be seen by off, then on.
+        observed = {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"}
+        in_process: tuple[tuple[str, str, dict[str, str]], ...] = (
+            ("saga", "a_saga", {}),
+            ("floor", "c_floor", {}),
+            ("plain", "d_plain", {}),
+            ("saga", "f_all_off", {"METRICS": "false"}),
+            ("saga", "f_metrics_logs", {**observed, "BENCH_LOG_FILE": str(workdir / "f.log")}),
+            (
+                "saga",
+                "f_traced",
+                {
+                    **observed,
+                    "BENCH_LOG_FILE": str(workdir / "f.log"),
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                },
+            ),
+        )
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for _, name, _ in in_process}
+        for _, name, _ in in_process:
             bench.use_database(name)
-        # Rounds taken in turn, so that a slow spell of the machine hits all three alike; the
-        # round with the median rate stands for each.
+        # Rounds taken in turn, so that a slow spell of the machine hits all of them alike;
+        # the round with the median rate stands for each.
         for number in range(1, config.rounds + 1):
-            for kind, name in in_process:
+            for kind, name, env in in_process:
                 say(f"{name}: in one process, {config.clients} clients, round {number}")
                 bench.use_existing_database(name)
-                rounds[name].append(bench.in_process(kind))
+                rounds[name].append(bench.in_process(kind, env))
                 say(f"{name}: {rounds[name][-1]['sagas_per_second']} sagas/s")
-        for _, name in in_process:
+        sink.stop()
+        for _, name, _ in in_process:
             ordered = sorted(rounds[name], key=lambda r: float(r["sagas_per_second"]))
             results[name] = {
                 **ordered[len(ordered) // 2],
                 "rounds_sagas_per_second": [r["sagas_per_second"] for r in rounds[name]],
+                "rounds_cpu_ms_per_saga": [
+                    round(r["app_cpu_ms_per_saga"] + r["db_cpu_ms_per_saga"], 2)
+                    for r in rounds[name]
+                ],
             }
+        results["f_traced"]["trace_batches_received"] = sink.batches
+        results["f_traced"]["trace_bytes_received"] = sink.bytes
         for workers in (1, 2):
             name = f"b_http_{workers}_worker{'s' if workers > 1 else ''}"
             say(f"{name}: over HTTP, 1 API process and {workers} worker(s)")

@@ -34,6 +34,14 @@ class Start(NamedTuple):
     cancel: str | None  # the cancel reason, if a cancel was requested
     began_before: bool  # an earlier attempt began: it may have acted, before a crash
     completed: Any  # a forward step already completed: its recorded outcome (else None)
+    attempt: int  # this attempt's number, counted across crashes (0: none is recorded)
+
+
+class Finish(NamedTuple):
+    """What a step learns as it records its outcome."""
+
+    cancel: str | None  # the cancel reason, if a cancel was requested
+    completed_saga: bool  # this outcome completed the saga (the last forward step, done)
 
 
 def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: str | None) -> Start:
@@ -66,13 +74,15 @@ def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: s
                       (order_id, kind, name, status, attempts, started_at)
                SELECT %(order_id)s, %(kind)s, %(name)s, 'executing', 1, now() FROM go
                ON CONFLICT (order_id, kind, name) DO UPDATE
-                  SET status = 'executing', attempts = s.attempts + 1, finished_at = NULL),
+                  SET status = 'executing', attempts = s.attempts + 1, finished_at = NULL
+               RETURNING s.attempts),
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensating'
                 WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s
                   AND EXISTS (SELECT 1 FROM go))
            SELECT cancelled, EXISTS (SELECT 1 FROM prior),
-                  (SELECT output FROM prior WHERE status = 'completed' AND %(kind)s = 'forward')
+                  (SELECT output FROM prior WHERE status = 'completed' AND %(kind)s = 'forward'),
+                  (SELECT attempts FROM step)
              FROM saga""",
         {
             "order_id": order_id,
@@ -83,15 +93,16 @@ def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: s
             "reason": reason,
         },
     ).fetchone()
-    return Start(row[0], bool(row[1]), row[2]) if row else Start(None, False, None)
+    if row is None:
+        return Start(None, False, None, 0)
+    return Start(row[0], bool(row[1]), row[2], row[3] or 0)
 
 
-def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome: Any) -> Any:
+def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome: Any) -> Finish:
     """Record what the step's call answered: done, or refused (a failed forward step).
 
-    Returns the cancel reason if a cancel was requested (else None). The last forward step
-    completing completes the saga, unless a cancel came first. A compensation completing
-    marks the step it undid as compensated.
+    The last forward step completing completes the saga, unless a cancel came first. A
+    compensation completing marks the step it undid as compensated.
     """
     refused = outcome.get("outcome") == "refused"
     row = conn.execute(
@@ -104,7 +115,7 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
                                           THEN NULL ELSE o.current_step END,
                       updated_at = now()
                 WHERE o.order_id = %(order_id)s AND NOT {_ENDED}
-            RETURNING {_CANCELLED} AS cancelled),
+            RETURNING {_CANCELLED} AS cancelled, o.state = 'COMPLETED' AS completed),
            step AS (
                UPDATE orders.saga_steps
                   SET status = %(status)s, error = %(error)s, output = %(output)s,
@@ -113,7 +124,7 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensated'
                 WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s)
-           SELECT cancelled FROM saga""",
+           SELECT cancelled, completed FROM saga""",
         {
             "order_id": order_id,
             "kind": kind,
@@ -126,7 +137,7 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
             "completes": kind == "forward" and name == FORWARD_STEPS[-1] and not refused,
         },
     ).fetchone()
-    return row[0] if row else None
+    return Finish(row[0], bool(row[1])) if row else Finish(None, False)
 
 
 def step_failed(conn: Conn, order_id: str, kind: StepKind, name: str, error: str) -> None:
@@ -208,19 +219,22 @@ def saga_parked(conn: Conn, order_id: str, compensation: str) -> int:
     return int(row[0])
 
 
-def saga_failed(conn: Conn, order_id: str, reason: str) -> None:
+def saga_failed(conn: Conn, order_id: str, reason: str) -> bool:
     """The saga is over: what it did has been undone. A reason already recorded is kept
-    (a re-run of a failed saga fails again, often for a reason of its own)."""
+    (a re-run of a failed saga fails again, often for a reason of its own). Whether it was
+    not FAILED before (a re-run after a crash, or of a failed saga, is no new end)."""
     row = conn.execute(
-        """UPDATE orders.orders
-              SET state = 'FAILED', current_step = NULL, error = COALESCE(error, %s),
+        """WITH was AS (SELECT state FROM orders.orders WHERE order_id = %(order_id)s)
+           UPDATE orders.orders
+              SET state = 'FAILED', current_step = NULL, error = COALESCE(error, %(reason)s),
                   updated_at = now()
-            WHERE order_id = %s AND state <> 'COMPLETED'
-        RETURNING 1""",
-        (reason, order_id),
+            WHERE order_id = %(order_id)s AND state <> 'COMPLETED'
+        RETURNING (SELECT state FROM was) <> 'FAILED'""",
+        {"reason": reason, "order_id": order_id},
     ).fetchone()
     if row is None:
         raise SagaAlreadyCompleted(order_id)
+    return bool(row[0])
 
 
 class SagaAlreadyCompleted(RuntimeError):

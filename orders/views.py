@@ -3,6 +3,7 @@
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from orders.model import FORWARD_STEPS, TERMINAL_STATES
@@ -17,7 +18,8 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         saga = cur.execute(
             """SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
-                      created_at, updated_at, approval_deadline, decision, cancel_requested_at
+                      created_at, updated_at, approval_deadline, decision, cancel_requested_at,
+                      needs_attention, attention_reason, trace_id
                  FROM saga_status WHERE order_id = %s""",
             (order_id,),
         ).fetchone()
@@ -44,16 +46,31 @@ def has_ended(conn: Conn, order_id: str) -> bool:
     return row is not None and row[0] in TERMINAL_STATES and row[1] not in ("PENDING", "ENQUEUED")
 
 
-def list_orders(conn: Conn, state: str | None, limit: int) -> list[dict[str, Any]]:
-    """Summaries, newest first, optionally only those in `state`."""
+def list_orders(
+    conn: Conn, state: str | None, limit: int, attention: bool | None = None
+) -> list[dict[str, Any]]:
+    """Summaries, newest first, optionally only those in `state`, and only those that need
+    attention (`attention` True) or only those that do not (False).
+
+    Only the filters given are in the SQL, so that the planner sees them as they are: with
+    `needs_attention` it reads the partial index orders_unfinished (migration 0005) backwards,
+    not every order."""
+    filters = [sql.SQL("true")]
+    params: dict[str, Any] = {"limit": limit}
+    if state is not None:
+        filters.append(sql.SQL("state = %(state)s"))
+        params["state"] = state
+    if attention is True:
+        filters.append(sql.SQL("needs_attention"))
+    elif attention is False:
+        filters.append(sql.SQL("NOT needs_attention"))
+    query = sql.SQL(
+        """SELECT order_id, saga_id, state, total_cents, error, created_at, updated_at
+             FROM saga_status WHERE {}
+            ORDER BY created_at DESC, order_id DESC LIMIT %(limit)s"""
+    ).format(sql.SQL(" AND ").join(filters))
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            """SELECT order_id, saga_id, state, total_cents, error, created_at, updated_at
-                 FROM orders.orders
-                WHERE %(state)s::text IS NULL OR state = %(state)s
-                ORDER BY created_at DESC, order_id DESC LIMIT %(limit)s""",
-            {"state": state, "limit": limit},
-        ).fetchall()
+        return cur.execute(query, params).fetchall()
 
 
 def _step(row: dict[str, Any] | None, name: str) -> dict[str, Any]:

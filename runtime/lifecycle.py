@@ -6,7 +6,7 @@ import threading
 from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
 from orders import control, intake
-from runtime import database, embedded, lease, seed, takeover
+from runtime import database, embedded, lease, seed, takeover, tracing
 from runtime.lease import ExecutorIdInUse, ExecutorLease
 from runtime.migrate import migrate
 from runtime.settings import Settings
@@ -49,6 +49,9 @@ def dbos_config(url: str, settings: Settings) -> DBOSConfig:
             "pool_pre_ping": False,
         },
         "sys_db_idle_transaction_timeout_sec": database.IDLE_IN_TRANSACTION_SECONDS,
+        # DBOS's spans of the saga and its steps, with the exporter of runtime/tracing.py;
+        # off (no spans at all) unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+        "enable_otlp": tracing.active(),
     }
 
 
@@ -61,9 +64,10 @@ def start(settings: Settings) -> None:
     - api: run no saga; sagas are put on SAGA_QUEUE through a DBOS client.
     """
     global _client, _lease, _housekeeper
+    tracing.configure()  # before DBOS, which makes its spans with it
     url = embedded.resolve_url(settings)
     runs_sagas = settings.process_role != "api"
-    migrate(url)  # first: the lease lives in orders.executors; recovery needs our tables
+    migrate(url, settings)  # first: the lease lives in orders.executors; recovery needs our tables
     if runs_sagas:
         # DBOS recovers the PENDING sagas of its executor id at launch: two live processes
         # with one id would run each other's sagas (runtime/lease.py).
@@ -113,7 +117,19 @@ def _launch(url: str, settings: Settings) -> None:
         DBOS(config=dbos_config(url, settings))
         DBOS.launch()
 
+    logging.getLogger("dbos").addFilter(_without_conductor_hint)
     database.through_start_outages(launch, "launching DBOS", between=DBOS.destroy)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    base = f"http://{host}:{settings.port}"
+    log.info(
+        "to see the sagas: %s/orders (the API, %s/docs), %s/metrics (Prometheus)", base, base, base
+    )
+
+
+def _without_conductor_hint(record: logging.LogRecord) -> bool:
+    """False for the line DBOS logs at launch sending users to DBOS Conductor, its commercial
+    console (dbos/_dbos.py, after "DBOS launched!"); ours, on our own tools, follows it."""
+    return not record.getMessage().startswith("To view and manage workflows, connect to DBOS")
 
 
 def stop() -> None:
@@ -133,6 +149,7 @@ def stop() -> None:
     if held is not None:
         held.release()
     embedded.release()
+    tracing.flush()
 
 
 class Housekeeper:

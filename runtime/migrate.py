@@ -11,6 +11,7 @@ from alembic.config import Config
 from dbos import DBOS
 
 from runtime.database import LIVENESS, sqlalchemy_url, through_start_outages
+from runtime.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +25,20 @@ MIGRATE_APP_PREFIX = "order-saga migrate "  # + this process's nonce: its lock s
 IDLE_SESSION_SECONDS = 60
 
 
-def migrate(url: str) -> None:
-    """Apply DBOS's migrations and ours, holding an advisory lock so starts can overlap.
+def migrate(url: str, settings: Settings | None = None) -> None:
+    """Apply DBOS's migrations and ours, holding an advisory lock so starts can overlap,
+    then write into orders.settings what the views read of `settings` (this process's by
+    default): ATTENTION_AFTER_SECONDS, for saga_status.needs_attention.
     A connection that fails meanwhile (the database restarting, a bad network) means: all
     of it again, for up to START_WAIT_SECONDS (each migration is applied once, whatever was
     committed before stays)."""
     name = MIGRATE_APP_PREFIX + secrets.token_hex(6)
-    through_start_outages(lambda: _migrate(url, name), "migrating")
+    given = settings or get_settings()
+    through_start_outages(lambda: _migrate(url, name, given), "migrating")
     log.info("database schema is up to date")
 
 
-def _migrate(url: str, name: str) -> None:
+def _migrate(url: str, name: str, settings: Settings) -> None:
     engine = sa.create_engine(
         sqlalchemy_url(url),
         poolclass=sa.NullPool,
@@ -62,6 +66,7 @@ def _migrate(url: str, name: str) -> None:
                 config = Config(toml_file=str(ROOT / "pyproject.toml"))
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
+                conn.execute(_WRITE_SETTINGS, {"after": settings.attention_after_seconds})
                 conn.commit()
             finally:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
@@ -69,6 +74,14 @@ def _migrate(url: str, name: str) -> None:
     finally:
         engine.dispose()
 
+
+# The database's copy of the settings its views read (migration 0005); the last process to
+# start wins. Unchanged values are not written again, so updated_at says when it changed.
+_WRITE_SETTINGS = sa.text("""
+    INSERT INTO orders.settings AS s (attention_after_seconds) VALUES (:after)
+    ON CONFLICT (singleton) DO UPDATE
+       SET attention_after_seconds = excluded.attention_after_seconds, updated_at = now()
+     WHERE s.attention_after_seconds IS DISTINCT FROM excluded.attention_after_seconds""")
 
 _END_OWN_ORPHAN = sa.text("""
     SELECT pg_terminate_backend(a.pid)

@@ -22,10 +22,12 @@ import ctypes
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass
@@ -36,9 +38,11 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's multiprocess mode
 RESTART_PAUSE_SECONDS = 1.0  # before a serving process is started again; doubled while
 MAX_PAUSE = 30.0  # its starts keep failing, up to this
 STOP_SECONDS = 30.0
+ALL_SERVE = "all %d serving processes serve"  # logged each time they all do again
 
 
 def executor_id(settings: Settings, number: int) -> str:
@@ -78,13 +82,28 @@ class Supervisor:
         self.database_url = database_url
         self._serving: list[_Serving] = []
         self._stopping: int | None = None  # the signal that asked us to stop
+        self._metrics_dir = ""
 
     def run(self) -> int:
+        # The serving processes keep their metrics in files here, so that any of them
+        # answers GET /metrics for all (runtime/metrics.py); a fresh one for each run.
+        self._metrics_dir = tempfile.mkdtemp(prefix="saga-metrics-")
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         self._serving = [self._spawn(number) for number in range(1, self.processes + 1)]
         code = 0
+        all_serve = False
         while self._stopping is None:
+            if all_serve != all(serving.serves() for serving in self._serving):
+                all_serve = not all_serve
+                if all_serve:  # a client's kept-alive connection stays with one process
+                    log.info(ALL_SERVE, self.processes)
             for index, serving in enumerate(self._serving):
                 if serving.proc is None:  # waiting to be started again
                     if time.monotonic() >= serving.start_at:
@@ -146,6 +165,7 @@ class Supervisor:
             "DATABASE_URL": self.database_url,
             "EXECUTOR_ID": executor_id(self.settings, number),
             "PROCESSES": "1",
+            METRICS_DIR_VARIABLE: self._metrics_dir,
         }
         parent = os.getpid()
         proc = subprocess.Popen(

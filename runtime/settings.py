@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     step_attempts: int = Field(default=5, ge=1, le=100)
     compensation_attempts: int = Field(default=10, ge=1, le=100)
     retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    attention_after_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="An unfinished saga unchanged this long (past its deadline, if awaiting "
+        "approval) needs attention; written to orders.settings for the saga_status view",
+    )
 
     process_role: Literal["all", "api", "worker"] = Field(
         default="all",
@@ -80,6 +86,14 @@ class Settings(BaseSettings):
     )
     seed_demo_catalog: bool = True
     log_level: str = "INFO"
+    metrics: bool = Field(
+        default=True, description="false: no counters or histograms, GET /metrics answers 404"
+    )
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="json: one JSON object per record; text: one readable line; "
+        "unset: text on a terminal, else JSON",
+    )
 
     def serving_processes(self) -> int:
         """PROCESSES, or its default for this role."""

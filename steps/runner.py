@@ -1,15 +1,16 @@
 """What every step does around its downstream call: journal, classify failures, retry policy."""
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg_pool
 
 from orders import journal
 from orders.model import StepKind
-from runtime import database, lease
+from runtime import database, lease, logs, metrics
 from runtime.settings import get_settings
 from services import transport
 from services.outcomes import Outcome, ServiceUnavailable, is_refused
@@ -68,36 +69,80 @@ def run(
     becomes StepFailed, so the workflow sees the same class of error on its first run as on
     a replay.
     """
-    try:
-        outcome, cancel = _run_once(kind, name, order_id, action, reason)
-    except Exception as error:
-        _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
-        if kind == "forward" and is_transient(error):
-            raise
-        raise StepFailed(f"{name}: {type(error).__name__}: {error}") from error
+    began = time.perf_counter()
+    with logs.step(name) as context:
+        try:
+            tried = _run_once(kind, name, order_id, action, reason, context)
+        except Exception as error:
+            _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
+            result = "transient" if is_transient(error) else "error"
+            metrics.step_attempt(name, result, time.perf_counter() - began)
+            log.warning(
+                "%s failed%s: %s: %s",
+                _title(kind, name),
+                ", to be tried again" if result == "transient" else "",
+                type(error).__name__,
+                error,
+            )
+            if kind == "forward" and is_transient(error):
+                raise
+            raise StepFailed(f"{name}: {type(error).__name__}: {error}") from error
+        outcome, cancel = tried.outcome, tried.finish.cancel
+        if tried.called:
+            seconds = time.perf_counter() - began
+            refused = is_refused(outcome)
+            metrics.step_attempt(name, "refused" if refused else "ok", seconds)
+            if refused:
+                log.info("%s refused: %s", _title(kind, name), outcome.get("reason"))
+            else:
+                log.info("%s done in %.0f ms", _title(kind, name), seconds * 1000)
+            if tried.finish.completed_saga:
+                metrics.saga_finished("COMPLETED")
+                log.info("saga COMPLETED")
     if cancel is not None and kind == "forward" and not is_refused(outcome):
         return {**outcome, "cancel_requested": cancel}
     return outcome
 
 
+class _Tried(NamedTuple):
+    outcome: Outcome
+    finish: journal.Finish  # what recording the outcome said (nothing, if not called)
+    called: bool  # the service was called: a real attempt (else a cancel or a replay)
+
+
+_NOT_CALLED = journal.Finish(None, False)
+
+
 @database.outlasting_outages
 def _run_once(
-    kind: StepKind, name: str, order_id: str, action: Action, reason: str | None
-) -> tuple[Outcome, str | None]:
-    """One try: (the outcome, a cancel reason that came during the call, if any). Run again
-    from the top after a database outage: the journal and the services are idempotent."""
+    kind: StepKind,
+    name: str,
+    order_id: str,
+    action: Action,
+    reason: str | None,
+    context: dict[str, Any],
+) -> _Tried:
+    """One try. Run again from the top after a database outage: the journal and the
+    services are idempotent. `context`: the step's log context, given its attempt number."""
     with database.connection() as conn:
         start = journal.step_started(conn, order_id, kind, name, reason)
     if start.cancel is not None and kind == "forward":
-        return cancelled(start.cancel, may_have_acted=start.began_before), None
+        outcome = cancelled(start.cancel, may_have_acted=start.began_before)
+        log.info("%s not run: the saga was cancelled", _title(kind, name))
+        return _Tried(outcome, _NOT_CALLED, called=False)
     if start.completed is not None:  # it completed before a crash: that outcome stands
-        return dict(start.completed), None
+        return _Tried(dict(start.completed), _NOT_CALLED, called=False)
+    context["attempt"] = start.attempt
     # Only while this process's lease holds: once it has lapsed, another process may soon
     # take this saga over, and the two must not both act (runtime/lease.py).
     lease.wait_until_held()
     outcome = transport.call(name, action)
     with database.connection() as conn:
-        return outcome, journal.step_finished(conn, order_id, kind, name, outcome)
+        return _Tried(outcome, journal.step_finished(conn, order_id, kind, name, outcome), True)
+
+
+def _title(kind: StepKind, name: str) -> str:
+    return name if kind == "forward" else f"{name} (compensation)"
 
 
 def cancelled(reason: str, *, may_have_acted: bool) -> Outcome:

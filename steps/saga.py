@@ -9,7 +9,7 @@ from dbos import DBOS
 from psycopg_pool import PoolTimeout
 
 from orders import journal
-from runtime import database
+from runtime import database, metrics
 from steps import runner
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ def open_approval(order_id: str, timeout_seconds: float) -> Opening:
     """Put the saga in AWAITING_APPROVAL with its deadline (kept from an earlier attempt)."""
     with database.connection() as conn:
         cancel, seconds_left = journal.approval_opened(conn, order_id, timeout_seconds)
+    if cancel is None:
+        log.info("waiting for approval, %.0f s left", seconds_left)
     return {"cancel": cancel, "seconds_left": seconds_left}
 
 
@@ -40,6 +42,7 @@ def settle_approval(order_id: str) -> Settlement:
     """The decision that stands once the wait is over (timed_out if nobody decided)."""
     with database.connection() as conn:
         decision, cancel = journal.approval_settled(conn, order_id)
+    log.info("approval wait over: %s", "cancelled" if cancel is not None else decision)
     return {"decision": decision, "cancel": cancel}
 
 
@@ -48,7 +51,16 @@ def settle_approval(order_id: str) -> Settlement:
 def park_saga(order_id: str, compensation: str) -> int:
     """COMPENSATION_FAILED: `compensation` ran out of tries; wait for an operator."""
     with database.connection() as conn:
-        return journal.saga_parked(conn, order_id, compensation)
+        count = journal.saga_parked(conn, order_id, compensation)
+    metrics.saga_parked()
+    log.warning(
+        "saga parked in COMPENSATION_FAILED: %s ran out of tries (parked %d times); "
+        "it waits for POST /orders/%s/retry-compensation",
+        compensation,
+        count,
+        order_id,
+    )
+    return count
 
 
 @DBOS.step(name="record_failure", **runner.retry_policy())
@@ -56,7 +68,10 @@ def park_saga(order_id: str, compensation: str) -> int:
 def record_failure(order_id: str, reason: str) -> None:
     """Mark the saga FAILED once everything it did has been undone."""
     with database.connection() as conn:
-        journal.saga_failed(conn, order_id, reason)
+        newly = journal.saga_failed(conn, order_id, reason)
+    if newly:
+        metrics.saga_finished("FAILED")
+    log.info("saga FAILED, everything it did undone: %s", reason)
 
 
 @database.outlasting_outages

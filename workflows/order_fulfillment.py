@@ -4,10 +4,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypedDict
 
-from dbos import DBOS, DBOSClient, PortableWorkflowError, SetWorkflowID
+from dbos import DBOS, DBOSClient, EnqueueOptions, PortableWorkflowError, SetWorkflowID
 from dbos import error as dbos_errors
 
 from orders.model import APPROVAL_TOPIC, RETRY_TOPIC, Order
+from runtime import logs, tracing
 from runtime.settings import get_settings
 from services.outcomes import Outcome, is_refused
 from steps.inventory import release_reservation, reserve_inventory
@@ -73,6 +74,11 @@ STEP_FAILURES_BY_NAME = frozenset({"StepFailed", "DBOSMaxStepRetriesExceeded"})
 @DBOS.workflow(name=WORKFLOW_NAME, max_recovery_attempts=None)
 def order_fulfillment(order: Order, policy: Policy) -> SagaResult:
     """Fulfil the order, or leave no trace of it: COMPLETED, or FAILED with all undone."""
+    with logs.saga(order["order_id"], DBOS.workflow_id or ""):
+        return _fulfil(order, policy)
+
+
+def _fulfil(order: Order, policy: Policy) -> SagaResult:
     saga = Compensations(order, policy)
     try:
         reservation = saga.attempt(reserve_inventory, release_reservation)
@@ -188,18 +194,19 @@ def start(saga_id: str, order: Order) -> "Future[SagaResult] | None":
     saga that already exists is left alone. When it runs in this process, the future of its
     result (which is set once DBOS has recorded the end); else None."""
     if _client is not None:
-        _client.enqueue(
-            {
-                "queue_name": SAGA_QUEUE,
-                "workflow_name": WORKFLOW_NAME,
-                "workflow_id": saga_id,
-                "app_version": get_settings().application_version,
-            },
-            order,
-            policy_now(),
-        )
+        options: EnqueueOptions = {
+            "queue_name": SAGA_QUEUE,
+            "workflow_name": WORKFLOW_NAME,
+            "workflow_id": saga_id,
+            "app_version": get_settings().application_version,
+        }
+        if (trace_context := tracing.current_context()) is not None:
+            options["otel_context"] = trace_context
+        _client.enqueue(options, order, policy_now())
         return None
-    with SetWorkflowID(saga_id):
+    # The caller's trace context (POST /orders) is stored with the saga, if tracing is on:
+    # a recovery after a crash continues the same trace (runtime/tracing.py).
+    with SetWorkflowID(saga_id), tracing.propagated():
         handle = DBOS.start_workflow(order_fulfillment, order, policy_now())
     future = getattr(handle, "future", None)  # a saga begun here; not one begun elsewhere
     return future if isinstance(future, Future) else None

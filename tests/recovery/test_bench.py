@@ -10,7 +10,8 @@ from pathlib import Path
 
 from chaos.service import ROOT
 
-MEASURES = ("a_saga", "c_floor", "d_plain", "b_http_1_worker", "b_http_2_workers")
+SEEN = ("f_all_off", "f_metrics_logs", "f_traced")  # what seeing it run costs
+MEASURES = ("a_saga", "c_floor", "d_plain", *SEEN, "b_http_1_worker", "b_http_2_workers")
 
 
 def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path: Path) -> None:
@@ -65,11 +66,13 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     assert sum(waiting["waiting_by_worker"].values()) == waiting["sagas"], waiting
     assert waiting["waiting_memory"]["app_rss_mb"] > 0
     targets = results["summary"]["meta"]["targets"]
-    assert len(targets) == 7
+    assert len(targets) == 9
+    assert results["f_traced"]["f_traced"]["trace_batches_received"] > 0  # spans were sent
     assert all(isinstance(t["met"], bool) for t in targets)
     text = doc.read_text()
     assert "prose kept" in text
     assert "old" not in text
     assert "(c) DBOS floor" in text
+    assert "metrics + JSON logs: CPU per saga / all off" in text
     assert "(e) `make run`, POST ?wait=, 16 clients" in text
     assert "BENCH_QUICK=1 make bench" in text
