@@ -37,6 +37,7 @@ ROUTES = [
     ("GET", "/faults/{operation}", "/faults/process_payment"),
     ("GET", "/faults", "/faults"),
     ("GET", "/healthz", "/healthz"),
+    ("GET", "/metrics", "/metrics"),
 ]
 
 SQL = "Robert'); DROP TABLE orders.orders;--"
