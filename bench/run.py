@@ -153,6 +153,19 @@ class Bench:
         result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
         return result
 
+    def observe_calls(self) -> dict[str, Any]:
+        """(f)'s calls one by one (bench/observe.py), in a process of its own."""
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.observe"],
+            cwd=ROOT,
+            env={**self.base_env, "BENCH_OBSERVE_CALLS": "2000" if self.config.quick else "20000"},
+            stdout=subprocess.PIPE,
+            check=True,
+            timeout=300,
+        )
+        result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return result
+
     # --- (b): over HTTP, an API process and workers ----------------------------------------
 
     def over_http(self, workers: int) -> dict[str, Any]:
@@ -450,6 +463,8 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
                     for r in rounds[name]
                 ],
             }
+        say("f_calls: what each metric and log call costs")
+        results["f_calls"] = bench.observe_calls()
         results["f_traced"]["trace_batches_received"] = sink.batches
         results["f_traced"]["trace_bytes_received"] = sink.bytes
         for workers in (1, 2):

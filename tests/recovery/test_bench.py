@@ -36,7 +36,7 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     results = {
         path.stem: json.loads(path.read_text()) for path in (tmp_path / "results").glob("*.json")
     }
-    assert set(results) == {*MEASURES, "e_make_run", "recovery", "waiting", "summary"}
+    assert set(results) == {*MEASURES, "f_calls", "e_make_run", "recovery", "waiting", "summary"}
     for name in MEASURES:
         measure = results[name][name]
         assert measure["sagas"] > 0, measure
@@ -66,13 +66,14 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     assert sum(waiting["waiting_by_worker"].values()) == waiting["sagas"], waiting
     assert waiting["waiting_memory"]["app_rss_mb"] > 0
     targets = results["summary"]["meta"]["targets"]
-    assert len(targets) == 9
+    assert len(targets) == 10
+    assert all(value > 0 for value in results["f_calls"]["f_calls"].values())
     assert results["f_traced"]["f_traced"]["trace_batches_received"] > 0  # spans were sent
     assert all(isinstance(t["met"], bool) for t in targets)
     text = doc.read_text()
     assert "prose kept" in text
     assert "old" not in text
     assert "(c) DBOS floor" in text
-    assert "metrics + JSON logs: CPU per saga / all off" in text
+    assert "metrics + JSON logs, per saga" in text
     assert "(e) `make run`, POST ?wait=, 16 clients" in text
     assert "BENCH_QUICK=1 make bench" in text
