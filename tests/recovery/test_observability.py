@@ -61,6 +61,17 @@ def records(service: ServiceProcess) -> list[dict[str, Any]]:
     return parsed
 
 
+def wait_for_shipment_in_flight(sql: psycopg.Connection[Any], order_id: str) -> None:
+    """Until create_shipment has begun (PARTICIPANT_LATENCY_MS then holds it in flight)."""
+    wait_until(
+        lambda: sql.execute(
+            "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = 'create_shipment'",
+            (order_id,),
+        ).fetchone() is not None,
+        "create_shipment in flight",
+    )  # fmt: skip
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
@@ -201,13 +212,7 @@ def test_a_replay_after_a_crash_counts_nothing_twice(
     with httpx.Client(base_url=service.url, timeout=30) as client:
         client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 1500})
         assert client.post("/orders", json=body).status_code == 202
-    wait_until(
-        lambda: sql.execute(
-            "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = 'create_shipment'",
-            (body["order_id"],),
-        ).fetchone() is not None,
-        "create_shipment in flight",
-    )  # fmt: skip
+    wait_for_shipment_in_flight(sql, body["order_id"])
     service.kill()
     service.start(PARTICIPANT_LATENCY_MS="0")
     view = wait_for_end(service.url, body["order_id"])
@@ -296,13 +301,7 @@ def test_a_saga_recovered_after_a_crash_continues_its_trace(
         client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 1500})
         assert client.post("/orders", json=body).status_code == 202
         trace_id = client.get(f"/orders/{body['order_id']}").json()["trace_id"]
-    wait_until(
-        lambda: sql.execute(
-            "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = 'create_shipment'",
-            (body["order_id"],),
-        ).fetchone() is not None,
-        "create_shipment in flight",
-    )  # fmt: skip
+    wait_for_shipment_in_flight(sql, body["order_id"])
     service.kill()
     service.start(PARTICIPANT_LATENCY_MS="0", **traced(receiver))
     view = wait_for_end(service.url, body["order_id"])
