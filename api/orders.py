@@ -15,7 +15,8 @@ from api.access import PROTECTED, UNAUTHORIZED_RESPONSE
 from api.responses import UNPARSABLE
 from api.schemas import (
     IDENTIFIER,
-    CancelIn,
+    NO_CONTROL_CHARACTERS,
+    ActionIn,
     OrderAccepted,
     OrderIn,
     OrderList,
@@ -87,7 +88,11 @@ def get_order(order_id: OrderIdPath) -> dict[str, Any]:
     return view
 
 
-@router.get("/orders", response_model=OrderList)
+@router.get(
+    "/orders",
+    response_model=OrderList,
+    responses={404: {"model": Problem, "description": "`before` names no order"}},
+)
 def list_orders(
     state: SagaState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -95,10 +100,29 @@ def list_orders(
         bool | None,
         Query(description="true: only sagas that need attention; false: only those that don't"),
     ] = None,
+    search: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=NO_CONTROL_CHARACTERS,
+            description="Only orders whose order_id starts with this, or whose customer_id is it",
+        ),
+    ] = None,
+    before: Annotated[
+        str | None,
+        Query(
+            pattern=IDENTIFIER,
+            description="Only orders listed after this one (the previous page's `next`)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
-    """Summaries, newest first."""
+    """Summaries, newest first, `limit` at a time; `next` is the `before` of the next page
+    (null on the last)."""
     with db.connection() as conn:
-        return {"orders": views.list_orders(conn, state, limit, attention)}
+        orders = views.list_orders(conn, state, limit + 1, attention, search, before)
+    more = len(orders) > limit
+    return {"orders": orders[:limit], "next": orders[limit - 1]["order_id"] if more else None}
 
 
 def _place(
@@ -158,32 +182,75 @@ def _view(order_id: str) -> dict[str, Any] | None:
         return views.order_view(conn, order_id)
 
 
-@router.post("/orders/{order_id}/approve", **CONTROL_ROUTE)
-async def approve(order_id: OrderIdPath, response: Response) -> Any:
+# Who asks: the console sends the name its user typed, the CLI the user's login name.
+OperatorHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Operator",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[\x20-\x7e]+$",
+        description="Who asks (recorded with the action); 'unknown' when absent",
+    ),
+]
+# The same route as CONTROL_ROUTE, with a body that can be invalid (422).
+ACTION_ROUTE: dict[str, Any] = CONTROL_ROUTE | {
+    "responses": CONTROL_ROUTE["responses"] | UNPARSABLE
+}
+
+
+@router.post("/orders/{order_id}/approve", **ACTION_ROUTE)
+async def approve(
+    order_id: OrderIdPath,
+    response: Response,
+    body: ActionIn | None = None,
+    x_operator: OperatorHeader = None,
+) -> Any:
     """Let a saga AWAITING_APPROVAL go on (202); 409 in any other state."""
-    return await _control(order_id, response, control.decide, "approved")
+    operator = _operator(x_operator, body)
+    return await _control(order_id, response, control.decide, "approved", operator)
 
 
-@router.post("/orders/{order_id}/reject", **CONTROL_ROUTE)
-async def reject(order_id: OrderIdPath, response: Response) -> Any:
+@router.post("/orders/{order_id}/reject", **ACTION_ROUTE)
+async def reject(
+    order_id: OrderIdPath,
+    response: Response,
+    body: ActionIn | None = None,
+    x_operator: OperatorHeader = None,
+) -> Any:
     """Make a saga AWAITING_APPROVAL undo what it did (202); 409 in any other state."""
-    return await _control(order_id, response, control.decide, "rejected")
+    operator = _operator(x_operator, body)
+    return await _control(order_id, response, control.decide, "rejected", operator)
 
 
-@router.post(
-    "/orders/{order_id}/cancel",
-    **(CONTROL_ROUTE | {"responses": CONTROL_ROUTE["responses"] | UNPARSABLE}),
-)
-async def cancel(order_id: OrderIdPath, response: Response, body: CancelIn | None = None) -> Any:
+@router.post("/orders/{order_id}/cancel", **ACTION_ROUTE)
+async def cancel(
+    order_id: OrderIdPath,
+    response: Response,
+    body: ActionIn | None = None,
+    x_operator: OperatorHeader = None,
+) -> Any:
     """Stop the saga at its next safe point and undo what it did (202); 409 once it ended.
-    Also while it waits for approval, or while a step is in flight (that step is undone)."""
-    return await _control(order_id, response, control.cancel, body.reason if body else None)
+    Also while it waits for approval, or while a step is in flight (that step is undone).
+    The reason is kept in the order's error: 'cancelled by request: <reason>'."""
+    operator = _operator(x_operator, body)
+    return await _control(order_id, response, control.cancel, operator)
 
 
-@router.post("/orders/{order_id}/retry-compensation", **CONTROL_ROUTE)
-async def retry_compensation(order_id: OrderIdPath, response: Response) -> Any:
+@router.post("/orders/{order_id}/retry-compensation", **ACTION_ROUTE)
+async def retry_compensation(
+    order_id: OrderIdPath,
+    response: Response,
+    body: ActionIn | None = None,
+    x_operator: OperatorHeader = None,
+) -> Any:
     """Make a saga parked in COMPENSATION_FAILED try its remaining compensations again."""
-    return await _control(order_id, response, control.retry_compensation)
+    operator = _operator(x_operator, body)
+    return await _control(order_id, response, control.retry_compensation, operator)
+
+
+def _operator(name: str | None, body: ActionIn | None) -> control.Operator:
+    return control.Operator(name or control.UNKNOWN_OPERATOR, body.reason if body else None)
 
 
 async def _control(order_id: str, response: Response, request: Any, *args: Any) -> OrderAccepted:

@@ -102,19 +102,39 @@ class Approval(BaseModel):
     decision: Literal["approved", "rejected", "timed_out"] | None
 
 
+class AttemptView(BaseModel):
+    attempt: int = Field(description="1 for the first; counted across crashes and restarts")
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: Literal["ok", "refused", "transient", "error"] | None = Field(
+        description="ok; refused (a business no); transient (tried again, if tries are "
+        "left); error; null while it runs, or if its process stopped during it"
+    )
+    error: str | None
+
+
 class StepView(BaseModel):
     name: str
     status: Literal["pending", "executing", "completed", "failed", "compensating", "compensated"]
     attempts: int
-    error: str | None
+    error: str | None = Field(description="The last attempt's error")
     started_at: datetime | None
     finished_at: datetime | None
+    history: list[AttemptView] = Field(description="Every attempt, oldest first")
+
+
+class ActionView(BaseModel):
+    action: Literal["approve", "reject", "cancel", "retry-compensation"]
+    at: datetime
+    by: str = Field(description="The X-Operator header of the request, else 'unknown'")
+    reason: str | None
 
 
 class OrderView(BaseModel):
     order_id: str
     saga_id: str
     state: SagaState
+    customer_id: str
     total_cents: int | None = Field(description="Fixed when the inventory is reserved")
     error: str | None
     current_step: str | None
@@ -136,6 +156,10 @@ class OrderView(BaseModel):
         description="The saga's OpenTelemetry trace (32 hex digits), from POST /orders "
         "through every step; null when tracing was off (OTEL_EXPORTER_OTLP_ENDPOINT unset)"
     )
+    parked_count: int = Field(description="How many times it parked in COMPENSATION_FAILED")
+    executor_id: str | None = Field(description="The DBOS executor that runs (or ran) it")
+    application_version: str | None = Field(description="The code version that runs it")
+    actions: list[ActionView] = Field(description="The operators' accepted requests, oldest first")
     created_at: datetime
     updated_at: datetime
 
@@ -146,12 +170,19 @@ class OrderSummary(BaseModel):
     state: SagaState
     total_cents: int | None
     error: str | None
+    current_step: str | None
+    customer_id: str
+    needs_attention: bool
+    attention_reason: str | None
     created_at: datetime
     updated_at: datetime
 
 
 class OrderList(BaseModel):
     orders: list[OrderSummary]
+    next: str | None = Field(
+        description="More orders follow: pass this as `before` for the next page; else null"
+    )
 
 
 class ItemPut(Strict):
@@ -197,9 +228,13 @@ class FaultOut(BaseModel):
     latency_ms: int
 
 
-class CancelIn(Strict):
+class ActionIn(Strict):
+    """The optional body of approve, reject, cancel and retry-compensation."""
+
     reason: Annotated[str, _text(1, 200)] | None = Field(
-        default=None, description="Kept in the order's error: 'cancelled by request: <reason>'"
+        default=None,
+        description="Why: recorded with the action; a cancel's is also kept in the order's "
+        "error ('cancelled by request: <reason>')",
     )
 
 

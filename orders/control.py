@@ -1,7 +1,9 @@
 """What a person can ask of a running saga: approve, reject, cancel, retry compensation.
 
-Each request is settled here, atomically, in the order's row; the caller then wakes the
-saga (a DBOS message with an idempotency key, so asking twice wakes it once).
+Each request is settled here, atomically, in the order's row, by one statement that also
+records it in orders.operator_actions with who asked and why (a refused request records
+nothing); the caller then wakes the saga (a DBOS message with an idempotency key, so asking
+twice wakes it once).
 """
 
 from dataclasses import dataclass
@@ -14,6 +16,26 @@ from orders.model import APPROVAL_TOPIC, RETRY_TOPIC
 
 Conn = psycopg.Connection[Any]
 Decision = Literal["approved", "rejected"]
+ACTION_OF: dict[Decision, str] = {"approved": "approve", "rejected": "reject"}
+UNKNOWN_OPERATOR = "unknown"
+
+# Appended to each request's statement: record it if the statement took it (`saga` is the
+# CTE that settled it, returning the order's id).
+_RECORDED = """,
+           recorded AS (
+               INSERT INTO orders.operator_actions (order_id, action, by, reason)
+               SELECT order_id, %(action)s, %(by)s, %(note)s FROM saga)"""
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who asks, and why (both as given: the X-Operator header and the body's reason)."""
+
+    name: str = UNKNOWN_OPERATOR
+    reason: str | None = None
+
+    def params(self, action: str) -> dict[str, Any]:
+        return {"action": action, "by": self.name, "note": self.reason}
 
 
 @dataclass(frozen=True)
@@ -25,18 +47,20 @@ class Wake:
     idempotency_key: str
 
 
-def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
+def decide(conn: Conn, order_id: str, decision: Decision, operator: Operator) -> Wake:
     """Record the approver's decision; allowed only while AWAITING_APPROVAL with no other
     decision (the same decision again is accepted: the first request may not have woken it)."""
     row = conn.execute(
-        """UPDATE orders.orders
-              SET decision = %(decision)s, decided_at = COALESCE(decided_at, now()),
-                  updated_at = now()
-            WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
-              AND COALESCE(decision, %(decision)s) = %(decision)s
-              AND cancel_requested_at IS NULL AND approval_deadline > now()
-        RETURNING saga_id""",
-        {"order_id": order_id, "decision": decision},
+        f"""WITH saga AS (
+               UPDATE orders.orders
+                  SET decision = %(decision)s, decided_at = COALESCE(decided_at, now()),
+                      updated_at = now()
+                WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
+                  AND COALESCE(decision, %(decision)s) = %(decision)s
+                  AND cancel_requested_at IS NULL AND approval_deadline > now()
+            RETURNING saga_id, order_id){_RECORDED}
+           SELECT saga_id FROM saga""",
+        {"order_id": order_id, "decision": decision, **operator.params(ACTION_OF[decision])},
     ).fetchone()
     if row is None:
         state, decided, cancelled = _state(conn, order_id)
@@ -52,20 +76,23 @@ def decide(conn: Conn, order_id: str, decision: Decision) -> Wake:
     return _decision_wake(row[0])
 
 
-def cancel(conn: Conn, order_id: str, reason: str | None) -> Wake | None:
+def cancel(conn: Conn, order_id: str, operator: Operator) -> Wake | None:
     """Ask the saga to stop and undo what it did; refused once it has ended.
 
     Returns the message to wake it if it is waiting for approval (elsewhere it notices the
-    request at its next step). Asking again changes nothing.
+    request at its next step). Asking again changes nothing in the saga (it is recorded as
+    asked again).
     """
-    text = "cancelled by request" + (f": {reason}" if reason else "")
+    text = "cancelled by request" + (f": {operator.reason}" if operator.reason else "")
     row = conn.execute(
-        """UPDATE orders.orders
-              SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
-                  cancel_reason = COALESCE(cancel_reason, %s), updated_at = now()
-            WHERE order_id = %s AND state NOT IN ('COMPLETED', 'FAILED')
-        RETURNING saga_id, state""",
-        (text, order_id),
+        f"""WITH saga AS (
+               UPDATE orders.orders
+                  SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                      cancel_reason = COALESCE(cancel_reason, %(text)s), updated_at = now()
+                WHERE order_id = %(order_id)s AND state NOT IN ('COMPLETED', 'FAILED')
+            RETURNING saga_id, state, order_id){_RECORDED}
+           SELECT saga_id, state FROM saga""",
+        {"text": text, "order_id": order_id, **operator.params("cancel")},
     ).fetchone()
     if row is None:
         state, _, _ = _state(conn, order_id)
@@ -74,19 +101,21 @@ def cancel(conn: Conn, order_id: str, reason: str | None) -> Wake | None:
     return _cancel_wake(saga_id) if state == "AWAITING_APPROVAL" else None
 
 
-def retry_compensation(conn: Conn, order_id: str) -> Wake:
+def retry_compensation(conn: Conn, order_id: str, operator: Operator) -> Wake:
     """Ask a parked saga to try its remaining compensations again."""
     row = conn.execute(
-        "SELECT state, saga_id, parked_count FROM orders.orders WHERE order_id = %s",
-        (order_id,),
+        f"""WITH saga AS (
+               SELECT saga_id, parked_count, order_id FROM orders.orders
+                WHERE order_id = %(order_id)s AND state = 'COMPENSATION_FAILED'){_RECORDED}
+           SELECT saga_id, parked_count FROM saga""",
+        {"order_id": order_id, **operator.params("retry-compensation")},
     ).fetchone()
     if row is None:
-        raise OrderNotFound(order_id)
-    state, saga_id, parked = row
-    if state != "COMPENSATION_FAILED":
+        state, _, _ = _state(conn, order_id)
         raise NotAllowedNow(
             f"order {order_id!r} is {state}; only an order in COMPENSATION_FAILED can be retried"
         )
+    saga_id, parked = row
     return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")  # one per time it parked
 
 

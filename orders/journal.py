@@ -11,7 +11,7 @@ never become anything else. (One exception, for operators' forks of a FAILED sag
 compensation re-run there gets stuck, the saga parks, so that it can be retried.)
 """
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -26,6 +26,17 @@ _CANCELLED = f"CASE WHEN o.cancel_requested_at IS NOT NULL THEN {_CANCEL_REASON}
 _ENDED = "o.state IN ('COMPLETED', 'FAILED')"
 _HALTED = "(%(kind)s = 'forward' AND o.cancel_requested_at IS NOT NULL)"
 _DONE = "(%(kind)s = 'forward' AND EXISTS (SELECT 1 FROM prior WHERE status = 'completed'))"
+# How the step's latest attempt ended (its number is the step row's count, which the
+# statement that says so does not change), into orders.step_attempts.
+_ATTEMPT_ENDED = """
+               UPDATE orders.step_attempts a
+                  SET finished_at = now(), outcome = %(outcome)s, error = %(error)s
+                 FROM orders.saga_steps s
+                WHERE s.order_id = %(order_id)s AND s.kind = %(kind)s AND s.name = %(name)s
+                  AND a.order_id = s.order_id AND a.kind = s.kind AND a.name = s.name
+                  AND a.attempt = s.attempts AND a.finished_at IS NULL"""
+
+AttemptOutcome = Literal["ok", "refused", "transient", "error"]
 
 
 class Start(NamedTuple):
@@ -76,6 +87,9 @@ def step_started(conn: Conn, order_id: str, kind: StepKind, name: str, reason: s
                ON CONFLICT (order_id, kind, name) DO UPDATE
                   SET status = 'executing', attempts = s.attempts + 1, finished_at = NULL
                RETURNING s.attempts),
+           tried AS (
+               INSERT INTO orders.step_attempts (order_id, kind, name, attempt)
+               SELECT %(order_id)s, %(kind)s, %(name)s, attempts FROM step),
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensating'
                 WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s
@@ -123,13 +137,15 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
                 WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s),
            undone AS (
                UPDATE orders.saga_steps SET status = 'compensated'
-                WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s)
+                WHERE order_id = %(order_id)s AND kind = 'forward' AND name = %(undoes)s),
+           tried AS ({_ATTEMPT_ENDED})
            SELECT cancelled, completed FROM saga""",
         {
             "order_id": order_id,
             "kind": kind,
             "name": name,
             "status": "failed" if refused else "completed",
+            "outcome": "refused" if refused else "ok",
             "error": outcome.get("reason") if refused else None,
             "output": Jsonb(outcome),
             "undoes": COMPENSATION_OF.get(name),
@@ -140,16 +156,20 @@ def step_finished(conn: Conn, order_id: str, kind: StepKind, name: str, outcome:
     return Finish(row[0], bool(row[1])) if row else Finish(None, False)
 
 
-def step_failed(conn: Conn, order_id: str, kind: StepKind, name: str, error: str) -> None:
-    """Record that an attempt of a step raised (it may be tried again)."""
+def step_failed(
+    conn: Conn, order_id: str, kind: StepKind, name: str, error: str, outcome: AttemptOutcome
+) -> None:
+    """Record that an attempt of a step raised (it may be tried again): `outcome` is
+    'transient' (worth another try) or 'error'."""
     conn.execute(
-        """WITH step AS (
+        f"""WITH step AS (
                UPDATE orders.saga_steps
                   SET status = 'failed', error = %(error)s, finished_at = now()
-                WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s)
+                WHERE order_id = %(order_id)s AND kind = %(kind)s AND name = %(name)s),
+           tried AS ({_ATTEMPT_ENDED})
            UPDATE orders.orders SET updated_at = now()
             WHERE order_id = %(order_id)s AND state NOT IN ('COMPLETED', 'FAILED')""",
-        {"order_id": order_id, "kind": kind, "name": name, "error": error},
+        {"order_id": order_id, "kind": kind, "name": name, "error": error, "outcome": outcome},
     )
 
 

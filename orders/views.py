@@ -1,32 +1,50 @@
 """Reading saga state for the API: the saga_status view plus each step's journal row."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from orders.model import FORWARD_STEPS, TERMINAL_STATES
+from orders.errors import OrderNotFound
+from orders.model import FORWARD_STEPS, SAGA_STATES, TERMINAL_STATES
 
 Conn = psycopg.Connection[Any]
 
 _STEP_COLUMNS = "name, status, attempts, error, started_at, finished_at"
+_STEP_KEYS = ("name", "status", "attempts", "error", "started_at", "finished_at", "history")
+# Each attempt of a step (orders.step_attempts), oldest first, as JSON (times in UTC: every
+# session is, runtime/database.py).
+_HISTORY = """coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'attempt', a.attempt, 'started_at', a.started_at,
+                   'finished_at', a.finished_at, 'outcome', a.outcome, 'error', a.error)
+                 ORDER BY a.attempt)
+          FROM orders.step_attempts a
+         WHERE a.order_id = s.order_id AND a.kind = s.kind AND a.name = s.name), '[]')"""
+# The operators' accepted requests (orders.operator_actions), oldest first.
+_ACTIONS = """coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'action', a.action, 'at', a.at, 'by', a.by, 'reason', a.reason)
+                 ORDER BY a.id)
+          FROM orders.operator_actions a WHERE a.order_id = v.order_id), '[]')"""
 
 
 def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
     """The saga of one order with its four forward steps and the compensations it ran."""
     with conn.cursor(row_factory=dict_row) as cur:
         saga = cur.execute(
-            """SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
+            f"""SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
                       created_at, updated_at, approval_deadline, decision, cancel_requested_at,
-                      needs_attention, attention_reason, trace_id
-                 FROM saga_status WHERE order_id = %s""",
+                      needs_attention, attention_reason, trace_id, parked_count, executor_id,
+                      application_version, customer_id, {_ACTIONS} AS actions
+                 FROM saga_status v WHERE order_id = %s""",
             (order_id,),
         ).fetchone()
         if saga is None:
             return None
         rows = cur.execute(
-            f"""SELECT kind, {_STEP_COLUMNS} FROM orders.saga_steps
+            f"""SELECT kind, {_STEP_COLUMNS}, {_HISTORY} AS history FROM orders.saga_steps s
                  WHERE order_id = %s ORDER BY seq""",
             (order_id,),
         ).fetchall()
@@ -46,15 +64,28 @@ def has_ended(conn: Conn, order_id: str) -> bool:
     return row is not None and row[0] in TERMINAL_STATES and row[1] not in ("PENDING", "ENQUEUED")
 
 
+SUMMARY_COLUMNS = (
+    "order_id, saga_id, state, total_cents, error, current_step, customer_id, "
+    "needs_attention, attention_reason, created_at, updated_at"
+)
+
+
 def list_orders(
-    conn: Conn, state: str | None, limit: int, attention: bool | None = None
+    conn: Conn,
+    state: str | None,
+    limit: int,
+    attention: bool | None = None,
+    search: str | None = None,
+    before: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Summaries, newest first, optionally only those in `state`, and only those that need
-    attention (`attention` True) or only those that do not (False).
+    """Summaries, newest first, optionally only those in `state`, only those that need
+    attention (`attention` True) or only those that do not (False), only those whose order
+    id starts with `search` or whose customer id is `search`, and only those listed after
+    order `before` (the last of the previous page).
 
     Only the filters given are in the SQL, so that the planner sees them as they are: with
     `needs_attention` it reads the partial index orders_unfinished (migration 0005) backwards,
-    not every order."""
+    not every order; a search reads orders_by_id_prefix and orders_by_customer (0006)."""
     filters = [sql.SQL("true")]
     params: dict[str, Any] = {"limit": limit}
     if state is not None:
@@ -64,18 +95,65 @@ def list_orders(
         filters.append(sql.SQL("needs_attention"))
     elif attention is False:
         filters.append(sql.SQL("NOT needs_attention"))
+    if search is not None:
+        filters.append(sql.SQL("(order_id LIKE %(prefix)s OR customer_id = %(search)s)"))
+        params["search"] = search
+        params["prefix"] = _escape_like(search) + "%"
+    if before is not None:
+        filters.append(
+            sql.SQL(
+                """(created_at, order_id) < (SELECT created_at, order_id FROM orders.orders
+                                              WHERE order_id = %(before)s)"""
+            )
+        )
+        params["before"] = before
     query = sql.SQL(
-        """SELECT order_id, saga_id, state, total_cents, error, created_at, updated_at
-             FROM saga_status WHERE {}
+        """SELECT {columns} FROM saga_status WHERE {filters}
             ORDER BY created_at DESC, order_id DESC LIMIT %(limit)s"""
-    ).format(sql.SQL(" AND ").join(filters))
+    ).format(columns=sql.SQL(SUMMARY_COLUMNS), filters=sql.SQL(" AND ").join(filters))
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, params).fetchall()
+        found = cur.execute(query, params).fetchall()
+    if before is not None and not found and not _exists(conn, before):
+        raise OrderNotFound(before)  # a wrong cursor, not the end of the list
+    return found
+
+
+def _exists(conn: Conn, order_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM orders.orders WHERE order_id = %s", (order_id,))
+    return row.fetchone() is not None
+
+
+class Fleet(NamedTuple):
+    """The whole fleet now."""
+
+    counts: dict[str, int]  # sagas in each state (every state, 0 included)
+    oldest_unfinished_seconds: float  # age of the oldest not COMPLETED/FAILED (0: none)
+    needing_attention: int
+
+
+def fleet(conn: Conn) -> Fleet:
+    """The counts by state (from the index on (state, created_at)), the oldest unfinished
+    saga and the count needing attention (from the partial index on unfinished sagas): one
+    round trip, the same for /metrics and the console."""
+    row = conn.execute(
+        """SELECT (SELECT jsonb_object_agg(state, n)
+                     FROM (SELECT state, count(*) AS n FROM orders.orders GROUP BY state) s),
+                  (SELECT extract(epoch FROM now() - min(created_at)) FROM orders.orders
+                    WHERE state NOT IN ('COMPLETED', 'FAILED')),
+                  (SELECT count(*) FROM saga_status WHERE needs_attention)"""
+    ).fetchone()
+    assert row is not None
+    by_state, oldest, needing_attention = row
+    counts = dict.fromkeys(SAGA_STATES, 0) | (by_state or {})
+    return Fleet(counts, float(oldest or 0), int(needing_attention))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _step(row: dict[str, Any] | None, name: str) -> dict[str, Any]:
     if row is None:
         return {"name": name, "status": "pending", "attempts": 0, "error": None,
-                "started_at": None, "finished_at": None}  # fmt: skip
-    return {key: row[key] for key in ("name", "status", "attempts", "error",
-                                       "started_at", "finished_at")}  # fmt: skip
+                "started_at": None, "finished_at": None, "history": []}  # fmt: skip
+    return {key: row[key] for key in _STEP_KEYS}

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,7 +37,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orders.model import COMPENSATION_OF, FORWARD_STEPS, SAGA_STATES, TERMINAL_STATES
+from orders import views
+from orders.model import COMPENSATION_OF, FORWARD_STEPS, TERMINAL_STATES
 from runtime import database
 from runtime.processes import METRICS_DIR_VARIABLE
 from runtime.settings import get_settings
@@ -134,44 +135,30 @@ class Fleet(Collector):
         )
         try:
             with database.connection() as conn:
-                row = conn.execute(_FLEET_QUERY).fetchone()
+                now = views.fleet(conn)
         except Exception as error:  # an outage: the rest of the scrape still answers
             log.warning("metrics: the fleet's gauges could not be read: %s", error)
             up.add_metric([], 0)
             yield up
             return
-        assert row is not None
-        by_state, oldest, needing_attention = cast(tuple[Any, Any, Any], tuple(row))
-        counts: dict[str, int] = dict.fromkeys(SAGA_STATES, 0)
-        counts.update(by_state or {})
         sagas = GaugeMetricFamily("sagas", "Sagas in each state now", labels=["state"])
-        for state, count in counts.items():
+        for state, count in now.counts.items():
             sagas.add_metric([state], count)
         yield sagas
         yield GaugeMetricFamily(
             "saga_oldest_unfinished_seconds",
             "Age of the oldest saga not COMPLETED or FAILED (0 when there is none)",
-            value=float(oldest or 0),
+            value=now.oldest_unfinished_seconds,
         )
         yield GaugeMetricFamily(
             "sagas_needing_attention",
             "Unfinished sagas that need an operator: parked, their workflow ended without "
-            "finishing them, or unchanged for ATTENTION_AFTER_SECONDS (README)",
-            value=int(needing_attention),
+            "finishing them, or unchanged for ATTENTION_AFTER_SECONDS (docs/PSQL.md)",
+            value=now.needing_attention,
         )
         up.add_metric([], 1)
         yield up
 
-
-# The counts by state come from the index on (state, created_at); the oldest unfinished and
-# the count needing attention from the partial index on unfinished sagas.
-_FLEET_QUERY = """
-    SELECT (SELECT jsonb_object_agg(state, n)
-              FROM (SELECT state, count(*) AS n FROM orders.orders GROUP BY state) s),
-           (SELECT extract(epoch FROM now() - min(created_at)) FROM orders.orders
-             WHERE state NOT IN ('COMPLETED', 'FAILED')),
-           (SELECT count(*) FROM saga_status WHERE needs_attention)
-"""
 
 _registry: CollectorRegistry | None = None
 

@@ -74,8 +74,8 @@ def run(
         try:
             tried = _run_once(kind, name, order_id, action, reason, context)
         except Exception as error:
-            _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}")
-            result = "transient" if is_transient(error) else "error"
+            result: journal.AttemptOutcome = "transient" if is_transient(error) else "error"
+            _journal_failure(order_id, kind, name, f"{type(error).__name__}: {error}", result)
             metrics.step_attempt(name, result, time.perf_counter() - began)
             log.warning(
                 "%s failed%s: %s: %s",
@@ -150,9 +150,11 @@ def cancelled(reason: str, *, may_have_acted: bool) -> Outcome:
     return {"outcome": "cancelled", "reason": reason, "may_have_acted": may_have_acted}
 
 
-def _journal_failure(order_id: str, kind: StepKind, name: str, error: str) -> None:
+def _journal_failure(
+    order_id: str, kind: StepKind, name: str, error: str, outcome: journal.AttemptOutcome
+) -> None:
     try:
         with database.connection() as conn:
-            journal.step_failed(conn, order_id, kind, name, error)
+            journal.step_failed(conn, order_id, kind, name, error, outcome)
     except Exception:  # the step's own error matters more; DBOS records that one
         log.warning("could not journal the failure of %s for %s", name, order_id, exc_info=True)

@@ -186,9 +186,9 @@ def test_a_request_whose_wake_up_was_lost_in_a_crash_reaches_the_saga_on_restart
     # What the API leaves if it dies after settling the request, before waking the saga.
     with psycopg.connect(service_db, autocommit=True) as conn:
         if request_kind == "approve":
-            control.decide(conn, body["order_id"], "approved")
+            control.decide(conn, body["order_id"], "approved", control.Operator())
         else:
-            control.cancel(conn, body["order_id"], None)
+            control.cancel(conn, body["order_id"], control.Operator())
 
     service.start()  # the default approval timeout is a day: only a wake-up ends the wait
     view = wait_for_end(service.url, body["order_id"], timeout=30)
