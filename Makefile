@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 
-.PHONY: run api worker cluster test psql dbos audit chaos bench lint format lock clean
+.PHONY: run api worker cluster test browser screenshots psql dbos audit chaos bench lint format lock clean
 
 run: $(VENV)/.synced
 	$(PY) -m api
 
-# Split mode: API processes that only enqueue, and workers that run the sagas (README).
+# Split mode: API processes that only enqueue, and workers that run the sagas (docs/SCALING.md).
 api: $(VENV)/.synced
 	PROCESS_ROLE=api $(PY) -m api
 
@@ -20,8 +20,26 @@ worker: $(VENV)/.synced
 cluster: $(VENV)/.synced
 	WORKERS=$(or $(WORKERS),2) $(PY) -m runtime.cluster
 
-test: $(VENV)/.synced
+test: $(VENV)/.synced browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The console's browser tests run in Debian's Chromium; installed here when missing and
+# this is root (CI on a fresh machine), else how to install it is printed.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (the browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "the browser tests need Chromium: sudo apt-get install chromium chromium-driver"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+# The README's screenshots of the console, taken by its browser tests.
+screenshots: $(VENV)/.synced browser
+	SCREENSHOTS_DIR=docs $(PY) -m pytest tests/console/test_browser.py -n 0 -q
 
 psql: $(VENV)/.synced
 	$(PY) -m runtime.psql

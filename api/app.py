@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from api import access, db, errors, orders, services
 from api.limits import BodySizeLimit
 from api.responses import TOO_LARGE, UNAVAILABLE
+from console import pages
 from runtime import lifecycle, metrics, tracing
 from runtime.settings import Settings, get_settings
 
@@ -69,6 +70,8 @@ def create_app(
     errors.install(app)
     app.include_router(orders.router, responses=UNAVAILABLE)
     app.include_router(services.router, responses=UNAVAILABLE)
+    app.include_router(pages.router)  # the operator's console: GET / and its saga pages
+    app.mount(pages.STATIC_PATH, pages.static, name="console-static")
     access.describe(app, settings)
 
     @app.get(
