@@ -1,0 +1,1 @@
+"""The operator's command line: `.venv/bin/saga` (docs/CLI.md)."""
