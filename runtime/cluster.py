@@ -2,7 +2,7 @@
 (enqueue-only, on PORT) and N workers (w1..wN, each with its own executor id and a free
 port), all on the same database, in the foreground until Ctrl-C or SIGTERM.
 
-On several hosts, run `make api` and `make worker ID=...` yourself instead (README).
+On several hosts, run `make api` and `make worker ID=...` yourself instead (docs/SCALING.md).
 """
 
 import os

@@ -30,7 +30,8 @@ def dbos_config(url: str, settings: Settings) -> DBOSConfig:
     return {
         "name": APP_NAME,
         "system_database_url": url,
-        # Pinned: a process recovers only sagas of its own version (README, "Changing the saga").
+        # Pinned: a process recovers only sagas of its own version (docs/SAGA.md, "Changing
+        # the saga").
         "application_version": settings.application_version,
         "executor_id": settings.executor_id,
         "serializer": DBOSPortableJSONSerializer(),  # readable in psql, no pickle

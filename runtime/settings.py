@@ -1,4 +1,4 @@
-"""All configuration, read once from the environment (names as in the README)."""
+"""All configuration, read once from the environment (names as in docs/CONFIGURATION.md)."""
 
 import os
 from functools import lru_cache
@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         default=15.0, ge=0, description="How long a start waits for its executor id to be free"
     )
     application_version: str = Field(
-        default="order-saga-1", description="Bump on purpose; see README 'Changing the saga'"
+        default="order-saga-1", description="Bump on purpose; see docs/SAGA.md 'Changing the saga'"
     )
     db_pool_size: int = Field(default=10, ge=1)
     db_wait_seconds: float = Field(
