@@ -73,7 +73,8 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required (set PYTHON=...)")'
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(VENV)/bin/uv || $(VENV)/bin/python -m pip install --quiet uv==$(UV_VERSION)
-	$(VENV)/bin/uv sync --frozen --quiet
+	$(VENV)/bin/uv sync --frozen --quiet --compile-bytecode
+	$(PY) -m compileall -q -j 0 api bench chaos cli console migrations orders runtime services steps workflows >/dev/null
 	@touch $@
 
 clean:

@@ -123,7 +123,9 @@ def _launch(url: str, settings: Settings) -> None:
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     base = f"http://{host}:{settings.port}"
     log.info(
-        "to see the sagas: %s/orders (the API, %s/docs), %s/metrics (Prometheus)", base, base, base
+        "to see the sagas: %s/ (the operator's console), %s/orders (the API, %s/docs), "
+        "%s/metrics (Prometheus)",
+        *[base] * 4,
     )
 
 
