@@ -137,12 +137,9 @@ def wait_for_shown_state(browser: WebDriver, state: str, timeout: float = 30) ->
 
 def act(browser: WebDriver, action: str, reason: str = "") -> str:
     """Type the reason, press the action's button, confirm; the answer the page shows."""
-    field = browser.find_element(By.ID, "reason")
-    field.clear()
-    if reason:
-        field.send_keys(reason)
+    type_reason(browser, reason)
     browser.execute_script("document.getElementById('answer').textContent = ''")
-    browser.find_element(By.CSS_SELECTOR, f"button[data-action='{action}']").click()
+    press(browser, action)
     wait(browser, expected_conditions.alert_is_present(), 5)
     alert = browser.switch_to.alert
     question = alert.text
@@ -150,6 +147,37 @@ def act(browser: WebDriver, action: str, reason: str = "") -> str:
     assert action.split("-")[0] in question.lower()
     answer = wait(browser, lambda b: b.find_element(By.ID, "answer").text or None, 15)
     return str(answer)
+
+
+def type_reason(browser: WebDriver, reason: str) -> None:
+    """Into the reason field. The page may redraw itself up to the moment the field has the
+    focus (from then on it waits), so a field replaced under the click is looked up again."""
+    for _ in range(5):
+        try:
+            field = browser.find_element(By.ID, "reason")
+            field.click()
+            field.clear()
+            field.send_keys(reason)
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError("the reason field kept being redrawn")
+
+
+def follow(browser: WebDriver, link_text: str) -> None:
+    """Click a link of a page that may redraw itself under the click."""
+    wait(browser, lambda b: b.find_element(By.LINK_TEXT, link_text).click() or True)
+
+
+def press(browser: WebDriver, action: str) -> None:
+    """The action's button, looked up again if the page redrew itself under the click."""
+    for _ in range(5):
+        try:
+            browser.find_element(By.CSS_SELECTOR, f"button[data-action='{action}']").click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"the {action} button kept being redrawn")
 
 
 def whole_page(browser: WebDriver, path: Path) -> None:
@@ -192,9 +220,11 @@ def test_an_operator_finds_a_waiting_order_approves_it_and_watches_it_complete(
     search.send_keys(order_id)
     browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
     wait(browser, lambda b: len(rows(b.find_element(By.ID, "orders"))) == 1)
-    row = rows(browser.find_element(By.ID, "orders"))[0]
-    assert row.get_attribute("data-state") == "AWAITING_APPROVAL"
-    row.find_element(By.LINK_TEXT, order_id).click()
+    listed = wait(
+        browser, lambda b: rows(b.find_element(By.ID, "orders"))[0].get_attribute("data-state")
+    )
+    assert listed == "AWAITING_APPROVAL"
+    follow(browser, order_id)
 
     wait(browser, lambda b: b.find_element(By.ID, "order-id").text == order_id)
     assert shown_state(browser) == "AWAITING_APPROVAL"
@@ -225,8 +255,8 @@ def test_cancel_with_a_reason_shows_the_action_and_the_compensations(
     set_operator(browser, OPERATOR)
 
     # A cancel needs a reason: without one the page says so and sends nothing.
-    browser.find_element(By.ID, "reason").clear()
-    browser.find_element(By.CSS_SELECTOR, "button[data-action='cancel']").click()
+    type_reason(browser, "")
+    press(browser, "cancel")
     assert "needs a reason" in browser.find_element(By.ID, "answer").text
     assert api.get(f"/orders/{order_id}").json()["actions"] == []
 
@@ -265,8 +295,8 @@ def test_retry_a_parked_saga_after_repairing_its_fault(
         attention = browser.find_element(By.ID, "attention")
         assert [r.get_attribute("data-order") for r in rows(attention)] == [order_id]
         whole_page(browser, screenshots / "console-fleet.png")
-        browser.find_element(By.LINK_TEXT, order_id).click()
-        assert shown_state(browser) == "COMPENSATION_FAILED"
+        follow(browser, order_id)
+        wait_for_shown_state(browser, "COMPENSATION_FAILED")
         assert "parked" in browser.find_element(By.ID, "attention-reason").text
         assert browser.find_element(By.ID, "parked").text.startswith("1 time")
         failed_tries = [
@@ -302,7 +332,7 @@ def test_a_refusal_is_explained_not_swallowed(
     order_id = place(api, sku(price_cents=BIG))
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
     browser.get(f"{service.url}/console/orders/{order_id}")
-    browser.find_element(By.ID, "reason").send_keys("keep the page still")  # no redraw now
+    type_reason(browser, "keep the page still")  # no redraw while it holds text
     api.post(f"/orders/{order_id}/reject", headers={"X-Operator": "someone-else"})
     wait_for_state(api, order_id, "FAILED")
 
@@ -376,7 +406,7 @@ def test_with_an_api_token_an_action_without_it_is_refused_and_with_it_succeeds(
         browser.get(f"{secured.url}/console/orders/{order_id}")
         token = browser.find_element(By.ID, "token")
         # No token typed: the page asks for it and sends nothing.
-        browser.find_element(By.CSS_SELECTOR, "button[data-action='approve']").click()
+        press(browser, "approve")
         assert "needs its API token" in browser.find_element(By.ID, "answer").text
 
         token.send_keys("not-the-token")
