@@ -446,13 +446,15 @@ def _parked(client: httpx.Client) -> list[str]:
 
 def _disrupt(shared: Shared, pg: CrashablePostgres, config: Config, started: float) -> None:
     """Until the time is up: SIGKILL and restart the service at random moments, and crash
-    the database (every server process SIGKILLed) a few times, evenly spread."""
+    the database (every server process SIGKILLed) a few times, evenly spread. Every planned
+    crash happens: one that a slow restart pushed past the end comes right after it, while
+    the load still runs."""
     rng = shared.rng
     crashes = config.db_crashes or max(1, round(config.seconds / 90))
     crash_at = [config.seconds * (i + 0.5) / crashes for i in range(crashes)]
     next_kill = rng.uniform(*config.kill_gap) / 2
     last_report = 0.0
-    while (elapsed := time.monotonic() - started) < config.seconds:
+    while (elapsed := time.monotonic() - started) < config.seconds or crash_at:
         if crash_at and elapsed >= crash_at[0]:
             crash_at.pop(0)
             down = rng.uniform(*config.db_down)
@@ -461,7 +463,7 @@ def _disrupt(shared: Shared, pg: CrashablePostgres, config: Config, started: flo
             time.sleep(down)
             pg.start_again()
             shared.db_restarts += 1
-        elif elapsed >= next_kill:
+        elif config.seconds > elapsed >= next_kill:
             _check_alive(shared)
             shared.service.kill()
             shared.kills += 1
