@@ -31,6 +31,15 @@ def start(database_url: str | None) -> None:
     _tmpdir = Path(tempfile.mkdtemp(prefix="saga-test-"))
     _embedded = get_server(_tmpdir / "pg", cleanup_mode="delete")
     _admin_url = _embedded.get_uri()
+    # No fsync on the suite's own throwaway server: three of them (one per worker) fsyncing
+    # on 2 cores' one disk stalled commits past the suite's 1 s statement and step timeouts.
+    # Nothing the tests prove depends on it: their crashes SIGKILL processes (the service's,
+    # or PostgreSQL's), and the kernel keeps every write a commit made; an OS crash is out
+    # of scope (docs/RELIABILITY.md). Commits still wait for their WAL write
+    # (synchronous_commit stays on). `make chaos` and the service itself keep fsync.
+    with psycopg.connect(_admin_url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def stop() -> None:
