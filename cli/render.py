@@ -13,14 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-# compensation -> the forward step it undoes (orders/model.py, copied: the CLI only speaks HTTP)
-COMPENSATION_OF = {
-    "release_reservation": "reserve_inventory",
-    "refund_payment": "process_payment",
-    "cancel_shipment": "create_shipment",
-    "send_cancellation_notice": "send_confirmation",
-}
-UNDONE_BY = {step: compensation for compensation, step in COMPENSATION_OF.items()}
+from orders import wording
+from orders.model import COMPENSATION_OF, UNDONE_BY
 
 STATE_STYLE = {
     "STARTED": "dim",
@@ -52,7 +46,7 @@ def state(value: str | None) -> Text:
 
 
 def money(cents: Any) -> str:
-    return "—" if not isinstance(cents, int) else f"${cents / 100:,.2f}"
+    return wording.money(cents)
 
 
 def moment(value: Any) -> datetime | None:
@@ -70,7 +64,7 @@ def timestamp(value: Any) -> str:
     parsed = moment(value)
     if parsed is None:
         return "" if value is None else str(value)
-    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    return wording.timestamp(parsed)
 
 
 def when(value: Any, now: datetime | None = None) -> str:
@@ -91,39 +85,19 @@ def clock(value: Any) -> str:
 
 
 def ago(value: Any, now: datetime | None = None) -> str:
-    parsed = moment(value)
-    if parsed is None:
-        return ""
-    seconds = ((now or datetime.now(UTC)) - parsed).total_seconds()
-    if seconds < 1:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
+    return wording.ago(moment(value), now)
 
 
 def took(start: Any, end: Any) -> str:
-    begun, ended = moment(start), moment(end)
-    if begun is None or ended is None:
-        return ""
-    seconds = (ended - begun).total_seconds()
-    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+    return wording.took(moment(start), moment(end))
 
 
 def left(deadline: Any, now: datetime | None = None) -> str:
     parsed = moment(deadline)
     if parsed is None:
         return ""
-    seconds = (parsed - (now or datetime.now(UTC))).total_seconds()
-    if seconds <= 0:
-        return "passed"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours} h {minutes:02d} min left" if hours else f"{minutes} min {secs:02d} s left"
-
-
-# --- saga list / saga watch ----------------------------------------------------------------
+    time_left = wording.remaining(parsed, now)
+    return time_left if time_left == "passed" else f"{time_left} left"
 
 
 def orders_table(listing: dict[str, Any], title: str | None = None) -> Table:

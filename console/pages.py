@@ -12,7 +12,6 @@ everything; they just neither refresh nor act.
 """
 
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -25,9 +24,9 @@ from fastapi.templating import Jinja2Templates
 
 from api import db
 from api.schemas import IDENTIFIER, NO_CONTROL_CHARACTERS, OrderSummary, OrderView
-from orders import views
+from orders import views, wording
 from orders.errors import OrderNotFound
-from orders.model import COMPENSATION_OF, SAGA_STATES, TERMINAL_STATES
+from orders.model import SAGA_STATES, TERMINAL_STATES, UNDONE_BY
 from runtime.settings import Settings
 
 HERE = Path(__file__).parent
@@ -36,7 +35,6 @@ PAGE_SIZE = 50
 ATTENTION_SHOWN = 20  # the fleet page's "needs attention" box; the filter lists them all
 FLEET_REFRESH_MS = 5000
 SAGA_REFRESH_MS = 1500  # while the saga has not ended
-UNDONE_BY = {step: compensation for compensation, step in COMPENSATION_OF.items()}
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -112,7 +110,7 @@ async def saga_page(request: Request, order_id: str) -> HTMLResponse:
         "actions": _allowed(saga),
         "ended": saga.state in TERMINAL_STATES,
         "refresh_ms": 0 if saga.state in TERMINAL_STATES else SAGA_REFRESH_MS,
-        "approval_left": _seconds_left(saga),
+        "approval_waits": saga.approval is not None and saga.state == "AWAITING_APPROVAL",
         "advice": _advice(saga),
     }
     return _page(request, "saga.html", context)
@@ -177,12 +175,6 @@ def _allowed(saga: OrderView) -> list[str]:
     return ["cancel"]
 
 
-def _seconds_left(saga: OrderView) -> float | None:
-    if saga.approval is None or saga.state != "AWAITING_APPROVAL":
-        return None
-    return max(0.0, (saga.approval.deadline - datetime.now(UTC)).total_seconds())
-
-
 def _advice(saga: OrderView) -> str | None:
     """What an operator can safely do about a saga in this state."""
     if saga.state == "COMPENSATION_FAILED":
@@ -213,45 +205,10 @@ def _advice(saga: OrderView) -> str | None:
     return None
 
 
-def _ago(moment: datetime | None) -> str:
-    if moment is None:
-        return ""
-    seconds = (datetime.now(UTC) - moment).total_seconds()
-    if seconds < 1:
-        return "just now"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size:.0f} {unit} ago"
-    return f"{seconds:.0f} s ago"
-
-
-def _timestamp(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _money(cents: int | None) -> str:
-    return "—" if cents is None else f"${cents / 100:,.2f}"
-
-
-def _took(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
-        return ""
-    seconds = (end - start).total_seconds()
-    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
-
-
-def _left(seconds: float) -> str:
-    if seconds <= 0:
-        return "passed"
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
-
-
 templates.env.filters |= {
-    "ago": _ago,
-    "timestamp": _timestamp,
-    "money": _money,
-    "left": _left,
+    "ago": wording.ago,
+    "timestamp": wording.timestamp,
+    "money": wording.money,
+    "left": wording.remaining,
 }
-templates.env.globals["took"] = _took
+templates.env.globals["took"] = wording.took

@@ -21,6 +21,7 @@ COMPENSATION_OF = {  # compensation name -> the forward step it undoes
     "cancel_shipment": "create_shipment",
     "send_cancellation_notice": "send_confirmation",
 }
+UNDONE_BY = {step: compensation for compensation, step in COMPENSATION_OF.items()}
 StepKind = Literal["forward", "compensation"]
 
 # The saga's inboxes (DBOS message topics). A message only wakes the saga; what was decided
