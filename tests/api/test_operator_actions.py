@@ -19,7 +19,7 @@ import pytest
 from tests.api.conftest import state_a_request_could_change
 from tests.api.test_approvals import big_order
 from tests.api.test_stuck_compensation import park_an_order
-from tests.support.orders import new_id, order_body, wait_for_state
+from tests.support.orders import new_id, order_body, wait_for_parked_count, wait_for_state
 
 VERBS = ("approve", "reject", "cancel", "retry-compensation")
 ACTION_KEYS = {"action", "at", "by", "reason"}
@@ -284,21 +284,6 @@ def test_cancels_and_retries_of_a_parked_saga_are_all_recorded_oldest_first(
     assert outcomes(view, "release_reservation") == ["ok"]
     assert_history_is_whole(view)
     assert attempts_in_sql(db, order_id) == attempts_in_view(view)
-
-
-def wait_for_parked_count(db: psycopg.Connection[Any], order_id: str, count: int) -> str:
-    """Poll until the saga has parked `count` times; its state then."""
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        row = db.execute(
-            "SELECT state, parked_count FROM orders.orders WHERE order_id = %s", (order_id,)
-        ).fetchone()
-        if row is not None and row[1] >= count:
-            return str(row[0])
-        time.sleep(0.01)
-    raise AssertionError(f"{order_id} did not park {count} times")
 
 
 # --- refused and invalid requests record nothing ---------------------------------------------

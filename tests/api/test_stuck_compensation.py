@@ -14,6 +14,7 @@ from tests.support.orders import (
     available,
     effects,
     order_body,
+    wait_for_parked_count,
     wait_for_state,
 )
 
@@ -68,7 +69,7 @@ def test_a_retry_while_still_broken_parks_again_and_a_retry_after_repair_finishe
     order_id = body["order_id"]
 
     assert api.post(f"/orders/{order_id}/retry-compensation").status_code == 202
-    parked_again = _wait_for_parked_count(db, order_id, 2)
+    parked_again = wait_for_parked_count(db, order_id, 2)
     api.put("/faults/refund_payment", json={"down": False}).raise_for_status()
     assert api.post(f"/orders/{order_id}/retry-compensation").status_code == 202
     view = api.post("/orders", json=body, params={"wait": 30}).json()
@@ -106,17 +107,3 @@ def test_retrying_a_saga_that_is_not_parked_is_a_conflict(
 
     assert response.status_code == 409
     assert "only an order in COMPENSATION_FAILED can be retried" in response.json()["detail"]
-
-
-def _wait_for_parked_count(db: psycopg.Connection[Any], order_id: str, count: int) -> str:
-    import time
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        row = db.execute(
-            "SELECT state, parked_count FROM orders.orders WHERE order_id = %s", (order_id,)
-        ).fetchone()
-        if row is not None and row[1] >= count:
-            return str(row[0])
-        time.sleep(0.01)
-    raise AssertionError(f"{order_id} did not park {count} times")

@@ -147,3 +147,20 @@ def wait_for_step(
         if time.monotonic() > deadline:
             raise AssertionError(f"{order_id}: {name} never {status}: {view}")
         time.sleep(0.01)
+
+
+def wait_for_parked_count(
+    db: psycopg.Connection[Any], order_id: str, count: int, timeout: float = 20
+) -> str:
+    """Poll until the saga has parked `count` times; its state then."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = db.execute(
+            "SELECT state, parked_count FROM orders.orders WHERE order_id = %s", (order_id,)
+        ).fetchone()
+        if row is not None and row[1] >= count:
+            return str(row[0])
+        time.sleep(0.01)
+    raise AssertionError(f"{order_id} did not park {count} times")
