@@ -25,9 +25,9 @@ from api.schemas import (
 )
 from orders import control, intake, views
 from orders.errors import OrderNotFound
-from orders.model import SagaState
+from orders.model import Coordination, SagaState
 from runtime import metrics
-from workflows import order_fulfillment
+from workflows import choreography, order_fulfillment
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["orders"])
@@ -116,11 +116,12 @@ def list_orders(
             description="Only orders listed after this one (the previous page's `next`)",
         ),
     ] = None,
+    coordination: Coordination | None = None,
 ) -> dict[str, Any]:
     """Summaries, newest first, `limit` at a time; `next` is the `before` of the next page
     (null on the last)."""
     with db.connection() as conn:
-        orders = views.list_orders(conn, state, limit + 1, attention, search, before)
+        orders = views.list_orders(conn, state, limit + 1, attention, search, before, coordination)
     more = len(orders) > limit
     return {"orders": orders[:limit], "next": orders[limit - 1]["order_id"] if more else None}
 
@@ -130,7 +131,7 @@ def _place(
 ) -> tuple[intake.Placement, "Future[Any] | None"]:
     """The stored order, and the future of its saga's end if the saga runs in this process."""
     with db.connection() as conn:
-        placement = intake.place(conn, request, idempotency_key)
+        placement = intake.place(conn, request, idempotency_key, _begin_choreography)
     if placement.created:
         metrics.saga_started()
         log.info(
@@ -138,12 +139,19 @@ def _place(
             extra={"order_id": placement.order_id, "saga_id": placement.saga_id},
         )
     running = None
-    if placement.created or placement.state == "STARTED":
+    if placement.coordination == "orchestration" and (
+        placement.created or placement.state == "STARTED"
+    ):
         # Also on a retry: the first request may have died between storing and starting.
+        # (A choreographed order began in the transaction that stored it.)
         running = db.within_wait(
             lambda: order_fulfillment.start(placement.saga_id, placement.order)
         )
     return placement, running
+
+
+def _begin_choreography(conn: Any, placement: intake.Placement) -> None:
+    choreography.place(conn, placement.saga_id, placement.order)
 
 
 async def _wait_for_end(
@@ -259,7 +267,7 @@ async def _control(order_id: str, response: Response, request: Any, *args: Any) 
             wake = request(conn, order_id, *args)
         if wake is not None:
             db.within_wait(
-                lambda: order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
+                lambda: order_fulfillment.wake(wake.workflow_id, wake.topic, wake.idempotency_key)
             )
         with db.connection() as conn:
             view = views.order_view(conn, order_id)

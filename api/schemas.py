@@ -13,7 +13,7 @@ from pydantic import (
     field_validator,
 )
 
-from orders.model import SagaState
+from orders.model import Coordination, SagaState
 
 IDENTIFIER = r"^[A-Za-z0-9_-]{1,64}$"
 SKU = r"^[A-Za-z0-9._-]{1,64}$"
@@ -80,6 +80,12 @@ class OrderIn(Strict):
         description="A test card: pm_card_visa, pm_card_declined, pm_card_flaky, ..."
     )
     shipping_address: AddressIn
+    coordination: Coordination = Field(
+        default="orchestration",
+        description="orchestration: one DBOS workflow runs the saga; choreography: the "
+        "services react to each other's events (docs/CHOREOGRAPHY.md). Part of the request: "
+        "the same Idempotency-Key with another coordination is a conflict",
+    )
 
     @field_validator("items")
     @classmethod
@@ -89,6 +95,12 @@ class OrderIn(Strict):
         if repeated:
             raise ValueError(f"each sku may appear once; repeated: {', '.join(repeated)}")
         return items
+
+
+class EventView(BaseModel):
+    type: str = Field(description="OrderPlaced, InventoryReserved, ... (docs/CHOREOGRAPHY.md)")
+    at: datetime
+    by: str = Field(description="The service that emitted it")
 
 
 class OrderAccepted(BaseModel):
@@ -160,6 +172,11 @@ class OrderView(BaseModel):
     executor_id: str | None = Field(description="The DBOS executor that runs (or ran) it")
     application_version: str | None = Field(description="The code version that runs it")
     actions: list[ActionView] = Field(description="The operators' accepted requests, oldest first")
+    coordination: Coordination
+    events: list[EventView] = Field(
+        description="A choreographed order's events in the order they happened (orchestration: "
+        "none)"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -174,6 +191,7 @@ class OrderSummary(BaseModel):
     customer_id: str
     needs_attention: bool
     attention_reason: str | None
+    coordination: Coordination
     created_at: datetime
     updated_at: datetime
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from orders import events
 from orders.errors import NotAllowedNow, OrderNotFound
 from orders.model import APPROVAL_TOPIC, RETRY_TOPIC
 
@@ -40,9 +41,10 @@ class Operator:
 
 @dataclass(frozen=True)
 class Wake:
-    """A message to send the saga so it notices the request now."""
+    """A message to send the saga so it notices the request now: to its workflow, or a
+    choreographed order's handler carrying it (the one waiting for approval, or parked)."""
 
-    saga_id: str
+    workflow_id: str
     topic: str
     idempotency_key: str
 
@@ -58,8 +60,8 @@ def decide(conn: Conn, order_id: str, decision: Decision, operator: Operator) ->
                 WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
                   AND COALESCE(decision, %(decision)s) = %(decision)s
                   AND cancel_requested_at IS NULL AND approval_deadline > now()
-            RETURNING saga_id, order_id){_RECORDED}
-           SELECT saga_id FROM saga""",
+            RETURNING saga_id, order_id, {events.CARRIER}){_RECORDED}
+           SELECT saga_id, carrier FROM saga""",
         {"order_id": order_id, "decision": decision, **operator.params(ACTION_OF[decision])},
     ).fetchone()
     if row is None:
@@ -73,7 +75,7 @@ def decide(conn: Conn, order_id: str, decision: Decision, operator: Operator) ->
         raise NotAllowedNow(
             f"order {order_id!r} is {state}; only an order AWAITING_APPROVAL can be {decision}"
         )
-    return _decision_wake(row[0])
+    return _decision_wake(row[0], row[1])
 
 
 def cancel(conn: Conn, order_id: str, operator: Operator) -> Wake | None:
@@ -81,7 +83,9 @@ def cancel(conn: Conn, order_id: str, operator: Operator) -> Wake | None:
 
     Returns the message to wake it if it is waiting for approval (elsewhere it notices the
     request at its next step). Asking again changes nothing in the saga (it is recorded as
-    asked again).
+    asked again). A choreographed order gets its OrderCancelled event, once: no service
+    needs telling (each sees the cancel at its next step, in the order's row, as the
+    orchestrated saga's steps do), but the order's events show it.
     """
     text = "cancelled by request" + (f": {operator.reason}" if operator.reason else "")
     row = conn.execute(
@@ -90,24 +94,36 @@ def cancel(conn: Conn, order_id: str, operator: Operator) -> Wake | None:
                   SET cancel_requested_at = COALESCE(cancel_requested_at, now()),
                       cancel_reason = COALESCE(cancel_reason, %(text)s), updated_at = now()
                 WHERE order_id = %(order_id)s AND state NOT IN ('COMPLETED', 'FAILED')
-            RETURNING saga_id, state, order_id){_RECORDED}
-           SELECT saga_id, state FROM saga""",
-        {"text": text, "order_id": order_id, **operator.params("cancel")},
+            RETURNING saga_id, state, order_id, coordination, cancel_reason,
+                      {events.CARRIER}){_RECORDED},
+           announced AS (
+               INSERT INTO orders.events (order_id, type, by, payload)
+               SELECT order_id, %(event)s, %(emitter)s, jsonb_build_object('reason', cancel_reason)
+                 FROM saga WHERE coordination = 'choreography'
+               ON CONFLICT (order_id, type) DO NOTHING)
+           SELECT saga_id, state, carrier FROM saga""",
+        {
+            "text": text,
+            "order_id": order_id,
+            "event": events.ORDER_CANCELLED,
+            "emitter": events.EMITTED_BY[events.ORDER_CANCELLED],
+            **operator.params("cancel"),
+        },
     ).fetchone()
     if row is None:
         state, _, _ = _state(conn, order_id)
         raise NotAllowedNow(f"order {order_id!r} is {state}; it can no longer be cancelled")
-    saga_id, state = row
-    return _cancel_wake(saga_id) if state == "AWAITING_APPROVAL" else None
+    saga_id, state, carrier = row
+    return _cancel_wake(saga_id, carrier) if state == "AWAITING_APPROVAL" else None
 
 
 def retry_compensation(conn: Conn, order_id: str, operator: Operator) -> Wake:
     """Ask a parked saga to try its remaining compensations again."""
     row = conn.execute(
         f"""WITH saga AS (
-               SELECT saga_id, parked_count, order_id FROM orders.orders
+               SELECT saga_id, parked_count, order_id, {events.CARRIER} FROM orders.orders
                 WHERE order_id = %(order_id)s AND state = 'COMPENSATION_FAILED'){_RECORDED}
-           SELECT saga_id, parked_count FROM saga""",
+           SELECT saga_id, parked_count, carrier FROM saga""",
         {"order_id": order_id, **operator.params("retry-compensation")},
     ).fetchone()
     if row is None:
@@ -115,8 +131,8 @@ def retry_compensation(conn: Conn, order_id: str, operator: Operator) -> Wake:
         raise NotAllowedNow(
             f"order {order_id!r} is {state}; only an order in COMPENSATION_FAILED can be retried"
         )
-    saga_id, parked = row
-    return Wake(saga_id, RETRY_TOPIC, f"{saga_id}:retry:{parked}")  # one per time it parked
+    saga_id, parked, carrier = row
+    return Wake(carrier, RETRY_TOPIC, f"{saga_id}:retry:{parked}")  # one per time it parked
 
 
 def unsent_wakes(conn: Conn, min_age_seconds: float = 0.0) -> list[Wake]:
@@ -124,23 +140,24 @@ def unsent_wakes(conn: Conn, min_age_seconds: float = 0.0) -> list[Wake]:
     may not have heard of them (the process died, or the database went away, between the
     two). Sending them again is harmless: they have their keys."""
     rows = conn.execute(
-        """SELECT saga_id, decision IS NOT NULL FROM orders.orders
+        f"""SELECT saga_id, {events.CARRIER}, decision IS NOT NULL FROM orders.orders
             WHERE state = 'AWAITING_APPROVAL'
               AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)
               AND updated_at <= now() - make_interval(secs => %s)""",
         (min_age_seconds,),
     ).fetchall()
     return [
-        _decision_wake(saga_id) if decided else _cancel_wake(saga_id) for saga_id, decided in rows
+        _decision_wake(saga_id, carrier) if decided else _cancel_wake(saga_id, carrier)
+        for saga_id, carrier, decided in rows
     ]
 
 
-def _decision_wake(saga_id: str) -> Wake:
-    return Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:decision")
+def _decision_wake(saga_id: str, carrier: str) -> Wake:
+    return Wake(carrier, APPROVAL_TOPIC, f"{saga_id}:decision")
 
 
-def _cancel_wake(saga_id: str) -> Wake:
-    return Wake(saga_id, APPROVAL_TOPIC, f"{saga_id}:cancel")
+def _cancel_wake(saga_id: str, carrier: str) -> Wake:
+    return Wake(carrier, APPROVAL_TOPIC, f"{saga_id}:cancel")
 
 
 def _state(conn: Conn, order_id: str) -> tuple[str, str | None, bool]:

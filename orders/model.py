@@ -12,6 +12,9 @@ SagaState = Literal[
     "COMPENSATION_FAILED",
 ]
 SAGA_STATES: tuple[str, ...] = get_args(SagaState)
+# How the saga is carried: by one DBOS workflow, or by the services' events.
+Coordination = Literal["orchestration", "choreography"]
+COORDINATIONS: tuple[str, ...] = get_args(Coordination)
 TERMINAL_STATES = frozenset({"COMPLETED", "FAILED"})
 
 FORWARD_STEPS = ("reserve_inventory", "process_payment", "create_shipment", "send_confirmation")

@@ -6,6 +6,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from orders import events
 from orders.errors import OrderNotFound
 from orders.model import FORWARD_STEPS, SAGA_STATES, TERMINAL_STATES
 
@@ -37,7 +38,7 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
             f"""SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
                       created_at, updated_at, approval_deadline, decision, cancel_requested_at,
                       needs_attention, attention_reason, trace_id, parked_count, executor_id,
-                      application_version, customer_id, {_ACTIONS} AS actions
+                      application_version, customer_id, coordination, {_ACTIONS} AS actions
                  FROM saga_status v WHERE order_id = %s""",
             (order_id,),
         ).fetchone()
@@ -53,6 +54,9 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
     forward = {row["name"]: row for row in rows if row["kind"] == "forward"}
     saga["steps"] = [_step(forward.get(name), name) for name in FORWARD_STEPS]
     saga["compensations"] = [_step(row, row["name"]) for row in rows if row["kind"] != "forward"]
+    saga["events"] = (
+        events.of_order(conn, order_id) if saga["coordination"] != "orchestration" else []
+    )
     return saga
 
 
@@ -66,7 +70,7 @@ def has_ended(conn: Conn, order_id: str) -> bool:
 
 SUMMARY_COLUMNS = (
     "order_id, saga_id, state, total_cents, error, current_step, customer_id, "
-    "needs_attention, attention_reason, created_at, updated_at"
+    "needs_attention, attention_reason, coordination, created_at, updated_at"
 )
 
 
@@ -77,11 +81,12 @@ def list_orders(
     attention: bool | None = None,
     search: str | None = None,
     before: str | None = None,
+    coordination: str | None = None,
 ) -> list[dict[str, Any]]:
     """Summaries, newest first, optionally only those in `state`, only those that need
     attention (`attention` True) or only those that do not (False), only those whose order
     id starts with `search` or whose customer id is `search`, and only those listed after
-    order `before` (the last of the previous page).
+    order `before` (the last of the previous page), and only those of `coordination`.
 
     Only the filters given are in the SQL, so that the planner sees them as they are: with
     `needs_attention` it reads the partial index orders_unfinished (migration 0005) backwards,
@@ -99,6 +104,9 @@ def list_orders(
         filters.append(sql.SQL("(order_id LIKE %(prefix)s OR customer_id = %(search)s)"))
         params["search"] = search
         params["prefix"] = _escape_like(search) + "%"
+    if coordination is not None:
+        filters.append(sql.SQL("coordination = %(coordination)s"))
+        params["coordination"] = coordination
     if before is not None:
         filters.append(
             sql.SQL(

@@ -5,12 +5,12 @@ import threading
 
 from dbos import DBOS, DBOSClient, DBOSConfig, DBOSPortableJSONSerializer
 
-from orders import control, intake
+from orders import control, events, intake
 from runtime import database, embedded, lease, seed, takeover, tracing
 from runtime.lease import ExecutorIdInUse, ExecutorLease
 from runtime.migrate import migrate
 from runtime.settings import Settings
-from workflows import order_fulfillment
+from workflows import choreography, order_fulfillment  # noqa: F401 (registers handle_event)
 
 __all__ = ["ExecutorIdInUse", "dbos_config", "start", "stop", "sweep"]
 
@@ -102,6 +102,13 @@ def start(settings: Settings) -> None:
         order_fulfillment.SAGA_QUEUE,
         worker_concurrency=settings.worker_concurrency,
         polling_interval_sec=poll,
+    )
+    # The handlers of choreographed orders' events, in every role that runs sagas: each hop
+    # from one service to the next waits for a poll (docs/CHOREOGRAPHY.md, "What it costs").
+    DBOS.register_queue(
+        events.EVENT_QUEUE,
+        worker_concurrency=settings.worker_concurrency,
+        polling_interval_sec=settings.event_poll_seconds,
     )
     sweep()
     assert _lease is not None
@@ -202,4 +209,4 @@ def sweep(min_age_seconds: float = 0.0) -> None:
     if orphans:
         log.info("started %d stored orders whose saga had never been created", len(orphans))
     for wake in wakes:
-        order_fulfillment.wake(wake.saga_id, wake.topic, wake.idempotency_key)
+        order_fulfillment.wake(wake.workflow_id, wake.topic, wake.idempotency_key)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import psycopg
 import psycopg_pool
 
-from orders import journal
+from orders import events, journal
 from orders.model import StepKind
 from runtime import database, lease, logs, metrics
 from runtime.settings import get_settings
@@ -104,6 +104,14 @@ def run(
     return outcome
 
 
+class Recorded(NamedTuple):
+    """What a step's journal write recorded, as told to a choreographed order's handler
+    (orders.events.announce) in the same transaction, so that its event commits with it."""
+
+    outcome: Outcome  # the service's answer, or `cancelled(...)` if the step did not run
+    cancel: str | None  # the cancel reason, if a cancel was requested
+
+
 class _Tried(NamedTuple):
     outcome: Outcome
     finish: journal.Finish  # what recording the outcome said (nothing, if not called)
@@ -124,10 +132,12 @@ def _run_once(
 ) -> _Tried:
     """One try. Run again from the top after a database outage: the journal and the
     services are idempotent. `context`: the step's log context, given its attempt number."""
-    with database.connection() as conn:
+    with database.connection() as conn, events.atomic(conn):
         start = journal.step_started(conn, order_id, kind, name, reason)
+        if start.cancel is not None and kind == "forward":
+            outcome = cancelled(start.cancel, may_have_acted=start.began_before)
+            events.announce(conn, Recorded(outcome, start.cancel))
     if start.cancel is not None and kind == "forward":
-        outcome = cancelled(start.cancel, may_have_acted=start.began_before)
         log.info("%s not run: the saga was cancelled", _title(kind, name))
         return _Tried(outcome, _NOT_CALLED, called=False)
     if start.completed is not None:  # it completed before a crash: that outcome stands
@@ -137,8 +147,10 @@ def _run_once(
     # take this saga over, and the two must not both act (runtime/lease.py).
     lease.wait_until_held()
     outcome = transport.call(name, action)
-    with database.connection() as conn:
-        return _Tried(outcome, journal.step_finished(conn, order_id, kind, name, outcome), True)
+    with database.connection() as conn, events.atomic(conn):
+        finish = journal.step_finished(conn, order_id, kind, name, outcome)
+        events.announce(conn, Recorded(outcome, finish.cancel))
+    return _Tried(outcome, finish, True)
 
 
 def _title(kind: StepKind, name: str) -> str:

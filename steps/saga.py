@@ -8,7 +8,7 @@ import psycopg
 from dbos import DBOS
 from psycopg_pool import PoolTimeout
 
-from orders import journal
+from orders import events, journal
 from runtime import database, metrics
 from steps import runner
 
@@ -67,8 +67,9 @@ def park_saga(order_id: str, compensation: str) -> int:
 @database.outlasting_outages
 def record_failure(order_id: str, reason: str) -> None:
     """Mark the saga FAILED once everything it did has been undone."""
-    with database.connection() as conn:
+    with database.connection() as conn, events.atomic(conn):
         newly = journal.saga_failed(conn, order_id, reason)
+        events.announce(conn, reason)  # a choreographed order's OrderFailed
     if newly:
         metrics.saga_finished("FAILED")
     log.info("saga FAILED, everything it did undone: %s", reason)

@@ -141,30 +141,33 @@ class Compensations:
         return outcome
 
     def undo_in_reverse(self, reason: str) -> None:
-        """Run every undo, newest first. One that keeps failing parks the saga until an
-        operator asks for a retry; none is skipped, none is forgotten."""
+        """Run every undo, newest first; none is skipped, none is forgotten."""
         for undo in reversed(self._undo):
-            while not self._try(undo, reason):
-                park_saga(self._order["order_id"], undo.__name__)
-                while DBOS.recv(RETRY_TOPIC, timeout_seconds=PARKED_RECHECK_SECONDS) is None:
-                    pass
+            undo_until_done(self._order, self._policy, undo, reason)
 
-    def _try(self, undo: Compensation, reason: str) -> bool:
-        """COMPENSATION_ATTEMPTS tries with durable, doubling waits in between."""
-        attempts, backoff = (
-            self._policy["compensation_attempts"],
-            self._policy["retry_backoff_seconds"],
-        )
-        for attempt in range(attempts):
-            try:
-                undo(self._order, reason)
-                return True
-            except (StepFailed, PortableWorkflowError) as error:
-                if isinstance(error, PortableWorkflowError) and error.name != "StepFailed":
-                    raise
-                if attempt + 1 < attempts:
-                    DBOS.sleep(min(backoff * 2**attempt, MAX_WAIT_SECONDS))
-        return False
+
+def undo_until_done(order: Order, policy: Policy, undo: Compensation, reason: str) -> None:
+    """Run `undo` until it succeeds. One that keeps failing parks the saga until an operator
+    asks for a retry (also a choreographed order's: workflows/choreography.py)."""
+    while not _try(order, policy, undo, reason):
+        park_saga(order["order_id"], undo.__name__)
+        while DBOS.recv(RETRY_TOPIC, timeout_seconds=PARKED_RECHECK_SECONDS) is None:
+            pass
+
+
+def _try(order: Order, policy: Policy, undo: Compensation, reason: str) -> bool:
+    """COMPENSATION_ATTEMPTS tries with durable, doubling waits in between."""
+    attempts, backoff = policy["compensation_attempts"], policy["retry_backoff_seconds"]
+    for attempt in range(attempts):
+        try:
+            undo(order, reason)
+            return True
+        except (StepFailed, PortableWorkflowError) as error:
+            if isinstance(error, PortableWorkflowError) and error.name != "StepFailed":
+                raise
+            if attempt + 1 < attempts:
+                DBOS.sleep(min(backoff * 2**attempt, MAX_WAIT_SECONDS))
+    return False
 
 
 def policy_now() -> Policy:
@@ -212,9 +215,10 @@ def start(saga_id: str, order: Order) -> "Future[SagaResult] | None":
     return future if isinstance(future, Future) else None
 
 
-def wake(saga_id: str, topic: str, idempotency_key: str) -> None:
-    """Send the saga a wake-up on `topic`; the same key sends it once."""
+def wake(workflow_id: str, topic: str, idempotency_key: str) -> None:
+    """Send the saga's workflow (or a choreographed order's handler) a wake-up on `topic`;
+    the same key sends it once."""
     if _client is not None:
-        _client.send(saga_id, {"wake": topic}, topic, idempotency_key=idempotency_key)
+        _client.send(workflow_id, {"wake": topic}, topic, idempotency_key=idempotency_key)
         return
-    DBOS.send(saga_id, {"wake": topic}, topic, idempotency_key=idempotency_key)
+    DBOS.send(workflow_id, {"wake": topic}, topic, idempotency_key=idempotency_key)

@@ -29,3 +29,10 @@ def nothing_changes(db: psycopg.Connection[Any]) -> Iterator[None]:
     before = state_a_request_could_change(db)
     yield
     assert state_a_request_could_change(db) == before
+
+
+@pytest.fixture(params=["orchestration", "choreography"])
+def style(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The body fields of an order in each coordination: a test taking this runs for both
+    (orchestration as clients send it, with no `coordination` at all)."""
+    return {} if request.param == "orchestration" else {"coordination": request.param}

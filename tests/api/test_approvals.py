@@ -16,10 +16,12 @@ from tests.support.orders import (
 )
 
 
-def big_order(api: httpx.Client, stock: Callable[..., str], **fields: Any) -> dict[str, Any]:
+def big_order(
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str], **fields: Any
+) -> dict[str, Any]:
     """A 2 x 50000 = 100000-cent order (exactly the threshold), placed; its body."""
     sku = stock(5, price_cents=50_000)
-    body = order_body({sku: 2}, **fields)
+    body = order_body({sku: 2}, **fields, **style)
     assert api.post("/orders", json=body).status_code == 202
     return body
 
@@ -29,9 +31,9 @@ def sku_of(body: dict[str, Any]) -> str:
 
 
 def test_an_order_at_the_threshold_waits_then_goes_on_when_approved(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(api, stock)
+    body = big_order(style, api, stock)
 
     waiting = wait_for_state(api, body["order_id"], "AWAITING_APPROVAL")
     charged_while_waiting = effects(db, body["order_id"])["payments"]
@@ -50,20 +52,20 @@ def test_an_order_at_the_threshold_waits_then_goes_on_when_approved(
 
 
 def test_an_order_below_the_threshold_does_not_wait(
-    api: httpx.Client, stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
 ) -> None:
     sku = stock(5, price_cents=99_999)
 
-    view = api.post("/orders", json=order_body({sku: 1}), params={"wait": 30}).json()
+    view = api.post("/orders", json=order_body({sku: 1}, **style), params={"wait": 30}).json()
 
     assert view["state"] == "COMPLETED"
     assert view["approval"] is None
 
 
 def test_a_rejected_order_releases_its_reservation(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(api, stock)
+    body = big_order(style, api, stock)
     wait_for_state(api, body["order_id"], "AWAITING_APPROVAL")
 
     assert api.post(f"/orders/{body['order_id']}/reject").status_code == 202
@@ -77,9 +79,9 @@ def test_a_rejected_order_releases_its_reservation(
 
 
 def test_an_order_nobody_approves_in_time_is_undone_and_cannot_be_approved_after(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(api, stock)
+    body = big_order(style, api, stock)
 
     view = api.post("/orders", json=body, params={"wait": 30}).json()
     late = api.post(f"/orders/{body['order_id']}/approve")
@@ -94,9 +96,9 @@ def test_an_order_nobody_approves_in_time_is_undone_and_cannot_be_approved_after
 
 
 def test_deciding_twice_is_harmless_and_answered_clearly(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(api, stock)
+    body = big_order(style, api, stock)
     order_id = body["order_id"]
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
 
@@ -112,8 +114,10 @@ def test_deciding_twice_is_harmless_and_answered_clearly(
     assert effects(db, order_id)["payments"] == [("captured", 100_000)]
 
 
-def test_only_a_waiting_order_can_be_approved(api: httpx.Client, stock: Callable[..., str]) -> None:
-    view = api.post("/orders", json=order_body({stock(1): 1}), params={"wait": 30}).json()
+def test_only_a_waiting_order_can_be_approved(
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
+) -> None:
+    view = api.post("/orders", json=order_body({stock(1): 1}, **style), params={"wait": 30}).json()
 
     response = api.post(f"/orders/{view['order_id']}/approve")
 
@@ -123,9 +127,9 @@ def test_only_a_waiting_order_can_be_approved(api: httpx.Client, stock: Callable
 
 
 def test_a_decision_after_the_deadline_shown_is_refused(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(api, stock)
+    body = big_order(style, api, stock)
     order_id = body["order_id"]
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
     db.execute(  # as if the saga's own timer ran late (a crash just as it began waiting)

@@ -72,6 +72,7 @@ DONE = ("completed",) * 4
     ],
 )
 def test_outcome_and_effects_follow_the_test_cards(
+    style: dict[str, str],
     api: httpx.Client,
     db: psycopg.Connection[Any],
     stock: Callable[..., str],
@@ -83,7 +84,7 @@ def test_outcome_and_effects_follow_the_test_cards(
     widget, gadget = stock(10, price_cents=1999), stock(5, price_cents=500)
     ordered = {widget: 2, gadget: 1}
 
-    view = place_and_wait(api, order_body(ordered, **fields))
+    view = place_and_wait(api, order_body(ordered, **fields, **style))
 
     assert view["state"] == state
     assert view["total_cents"] == 2 * 1999 + 500
@@ -108,13 +109,17 @@ def test_outcome_and_effects_follow_the_test_cards(
     ],
 )
 def test_an_unreservable_item_fails_the_order_and_reserves_nothing(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str], items: str
+    style: dict[str, str],
+    api: httpx.Client,
+    db: psycopg.Connection[Any],
+    stock: Callable[..., str],
+    items: str,
 ) -> None:
     plenty, scarce = stock(10), stock(1)
     second = "NO-SUCH-SKU-" + plenty if items == "unknown" else scarce
     ordered = {plenty: 3, second: 2}
 
-    view = place_and_wait(api, order_body(ordered))
+    view = place_and_wait(api, order_body(ordered, **style))
 
     assert view["state"] == "FAILED"
     assert statuses(view) == {
@@ -135,11 +140,11 @@ def test_an_unreservable_item_fails_the_order_and_reserves_nothing(
 
 
 def test_a_flaky_card_is_retried_until_it_captures_once(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
     sku = stock(3)
 
-    view = place_and_wait(api, order_body({sku: 1}, payment_method="pm_card_flaky"))
+    view = place_and_wait(api, order_body({sku: 1}, payment_method="pm_card_flaky", **style))
 
     assert view["state"] == "COMPLETED"
     payment = next(s for s in view["steps"] if s["name"] == "process_payment")
@@ -150,12 +155,12 @@ def test_a_flaky_card_is_retried_until_it_captures_once(
 
 @pytest.mark.usefixtures("faults_repaired")
 def test_a_step_whose_service_stays_down_fails_after_its_attempts_and_is_undone(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
     sku = stock(3)
     api.put("/faults/create_shipment", json={"down": True}).raise_for_status()
 
-    view = place_and_wait(api, order_body({sku: 1}))
+    view = place_and_wait(api, order_body({sku: 1}, **style))
 
     assert view["state"] == "FAILED"
     shipment = next(s for s in view["steps"] if s["name"] == "create_shipment")

@@ -49,6 +49,7 @@ def names(steps: list[dict[str, Any]]) -> list[str]:
     ],
 )
 def test_a_cancel_during_a_step_lets_it_finish_then_undoes_it_and_all_before(
+    style: dict[str, str],
     api: httpx.Client,
     db: psycopg.Connection[Any],
     stock: Callable[..., str],
@@ -56,7 +57,7 @@ def test_a_cancel_during_a_step_lets_it_finish_then_undoes_it_and_all_before(
     compensations: list[str],
 ) -> None:
     sku = stock(5)
-    body = order_body({sku: 1})
+    body = order_body({sku: 1}, **style)
     api.put(f"/faults/{slow_step}", json={"down": False, "latency_ms": SLOW_MS}).raise_for_status()
     api.post("/orders", json=body).raise_for_status()
     wait_for_step(api, body["order_id"], slow_step, "executing")
@@ -77,10 +78,10 @@ def test_a_cancel_during_a_step_lets_it_finish_then_undoes_it_and_all_before(
 
 
 def test_a_cancel_while_awaiting_approval_wakes_the_saga_and_releases_the_stock(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
     sku = stock(5, price_cents=60_000)
-    body = order_body({sku: 2})
+    body = order_body({sku: 2}, **style)
     api.post("/orders", json=body).raise_for_status()
     wait_for_state(api, body["order_id"], "AWAITING_APPROVAL")
 
@@ -97,10 +98,10 @@ def test_a_cancel_while_awaiting_approval_wakes_the_saga_and_releases_the_stock(
 
 @pytest.mark.usefixtures("faults_repaired")
 def test_cancelling_twice_is_accepted_and_changes_nothing_more(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
     sku = stock(5)
-    body = order_body({sku: 1})
+    body = order_body({sku: 1}, **style)
     api.put("/faults/process_payment", json={"down": False, "latency_ms": SLOW_MS})
     api.post("/orders", json=body).raise_for_status()
     wait_for_step(api, body["order_id"], "process_payment", "executing")
@@ -115,8 +116,10 @@ def test_cancelling_twice_is_accepted_and_changes_nothing_more(
     assert_nothing_lost(db, view, {sku: 5}, {sku: 1})
 
 
-def test_a_finished_saga_cannot_be_cancelled(api: httpx.Client, stock: Callable[..., str]) -> None:
-    view = api.post("/orders", json=order_body({stock(1): 1}), params={"wait": 30}).json()
+def test_a_finished_saga_cannot_be_cancelled(
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
+) -> None:
+    view = api.post("/orders", json=order_body({stock(1): 1}, **style), params={"wait": 30}).json()
 
     response = api.post(f"/orders/{view['order_id']}/cancel")
 

@@ -27,6 +27,7 @@ def shipment_step(view: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_a_step_slower_than_the_deadline_fails_after_its_attempts_and_is_undone(
+    style: dict[str, str],
     api: httpx.Client,
     db: psycopg.Connection[Any],
     stock: Callable[..., str],
@@ -34,7 +35,7 @@ def test_a_step_slower_than_the_deadline_fails_after_its_attempts_and_is_undone(
     shipments: list[str],
 ) -> None:
     sku = stock(5)
-    body = order_body({sku: 1})
+    body = order_body({sku: 1}, **style)
     api.put("/faults/create_shipment", json={"down": False, "latency_ms": latency_ms})
 
     view = api.post("/orders", json=body, params={"wait": 30}).json()
@@ -52,10 +53,10 @@ def test_a_step_slower_than_the_deadline_fails_after_its_attempts_and_is_undone(
 
 
 def test_a_query_stuck_behind_a_lock_is_cut_off_and_the_saga_moves_on(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
     sku = stock(5)
-    body = order_body({sku: 1})
+    body = order_body({sku: 1}, **style)
     held, released = threading.Event(), threading.Event()
 
     def hold_the_item_row() -> None:

@@ -21,10 +21,12 @@ from tests.support.orders import (
 AQ = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "AQ"}
 
 
-def park_an_order(api: httpx.Client, stock: Callable[..., str]) -> tuple[str, dict[str, Any]]:
+def park_an_order(
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
+) -> tuple[str, dict[str, Any]]:
     """An order whose refund cannot get through: (sku, body), parked."""
     sku = stock(5)
-    body = order_body({sku: 2}, shipping_address=AQ)
+    body = order_body({sku: 2}, shipping_address=AQ, **style)
     api.put("/faults/refund_payment", json={"down": True}).raise_for_status()
     api.post("/orders", json=body).raise_for_status()
     wait_for_state(api, body["order_id"], "COMPENSATION_FAILED")
@@ -33,9 +35,9 @@ def park_an_order(api: httpx.Client, stock: Callable[..., str]) -> tuple[str, di
 
 @pytest.mark.usefixtures("faults_repaired")
 def test_a_stuck_compensation_parks_the_saga_with_nothing_forgotten(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    sku, body = park_an_order(api, stock)
+    sku, body = park_an_order(style, api, stock)
     order_id = body["order_id"]
 
     view = api.get(f"/orders/{order_id}").json()
@@ -63,9 +65,9 @@ def test_a_stuck_compensation_parks_the_saga_with_nothing_forgotten(
 
 @pytest.mark.usefixtures("faults_repaired")
 def test_a_retry_while_still_broken_parks_again_and_a_retry_after_repair_finishes(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    sku, body = park_an_order(api, stock)
+    sku, body = park_an_order(style, api, stock)
     order_id = body["order_id"]
 
     assert api.post(f"/orders/{order_id}/retry-compensation").status_code == 202
@@ -85,9 +87,9 @@ def test_a_retry_while_still_broken_parks_again_and_a_retry_after_repair_finishe
 
 @pytest.mark.usefixtures("faults_repaired")
 def test_only_cancel_is_accepted_while_parked_and_it_changes_nothing(
-    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    _, body = park_an_order(api, stock)
+    _, body = park_an_order(style, api, stock)
     order_id = body["order_id"]
 
     answers = [api.post(f"/orders/{order_id}/{verb}").status_code for verb in ("approve", "reject")]
@@ -99,9 +101,9 @@ def test_only_cancel_is_accepted_while_parked_and_it_changes_nothing(
 
 
 def test_retrying_a_saga_that_is_not_parked_is_a_conflict(
-    api: httpx.Client, stock: Callable[..., str]
+    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
 ) -> None:
-    view = api.post("/orders", json=order_body({stock(1): 1}), params={"wait": 30}).json()
+    view = api.post("/orders", json=order_body({stock(1): 1}, **style), params={"wait": 30}).json()
 
     response = api.post(f"/orders/{view['order_id']}/retry-compensation")
 

@@ -1,0 +1,291 @@
+"""The event bus of choreographed orders: rows in PostgreSQL, handlers on a DBOS queue.
+
+An event is a row of orders.events, written in the same transaction as the effect or the
+decision it announces. The same statement routes it: for each subscriber it writes a row of
+orders.deliveries and enqueues, with SQL `dbos.enqueue_workflow`, the DBOS workflow that
+handles it there (workflows/choreography.py), under an id made of the order's saga id, the
+event and the subscriber. So an event and its handlers exist together or not at all (there
+is no relay between the two to lose or double anything), and each is handled once per
+subscriber: an order has each type of event at most once (emitting it again, as a replay
+after a crash does, changes nothing), a delivery's workflow id is its primary key, and DBOS
+enqueues a workflow id once.
+
+Who reacts to what is the table ROUTES, made from the four stages of the saga: each stage's
+service does its step after the event before it, announces it done (or failed), and undoes
+it when the stage after it has undone its own (or failed without acting). The order service
+(`orders`) opens the approval wait, and turns the last event of either end into the
+order's end (OrderCompleted, OrderFailed). Every reaction starts at most one other, so an
+order has one live handler at a time, and a compensation cannot overtake the step it undoes.
+"""
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from orders.model import Order
+
+Conn = psycopg.Connection[Any]
+Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
+
+EVENT_QUEUE = "events"  # the DBOS queue every handler is on
+HANDLER_WORKFLOW = "handle_event"  # the DBOS workflow name of a handler
+
+
+class Stage(NamedTuple):
+    """One forward step of the saga as a service's reactions, with the events it emits."""
+
+    service: Service
+    step: str
+    done: str
+    failed: str
+    undo: str
+    undone: str
+
+
+STAGES = (
+    Stage(
+        "inventory",
+        "reserve_inventory",
+        "InventoryReserved",
+        "ReservationFailed",
+        "release_reservation",
+        "InventoryReleased",
+    ),
+    Stage(
+        "payments",
+        "process_payment",
+        "PaymentCaptured",
+        "PaymentFailed",
+        "refund_payment",
+        "PaymentRefunded",
+    ),
+    Stage(
+        "shipping",
+        "create_shipment",
+        "ShipmentCreated",
+        "ShipmentFailed",
+        "cancel_shipment",
+        "ShipmentCancelled",
+    ),
+    Stage(
+        "notifications",
+        "send_confirmation",
+        "OrderConfirmed",
+        "ConfirmationFailed",
+        "send_cancellation_notice",
+        "CancellationSent",
+    ),
+)
+# The order service's own events.
+ORDER_PLACED = "OrderPlaced"
+ORDER_APPROVED = "OrderApproved"
+APPROVAL_FAILED = "ApprovalFailed"  # rejected, not approved in time, or cancelled meanwhile
+ORDER_CANCELLED = "OrderCancelled"
+ORDER_COMPLETED = "OrderCompleted"
+ORDER_FAILED = "OrderFailed"
+
+EMITTED_BY: dict[str, Service] = {
+    ORDER_PLACED: "orders",
+    ORDER_APPROVED: "orders",
+    APPROVAL_FAILED: "orders",
+    ORDER_CANCELLED: "orders",
+    ORDER_COMPLETED: "orders",
+    ORDER_FAILED: "orders",
+    **{event: s.service for s in STAGES for event in (s.done, s.failed, s.undone)},
+}
+EVENT_TYPES = tuple(EMITTED_BY)
+
+# Reactions (what a handler does) besides each stage's step and undo (named after them).
+AWAIT_APPROVAL = "await_approval"
+COMPLETE_ORDER = "complete_order"
+FAIL_ORDER = "fail_order"
+
+
+@dataclass(frozen=True)
+class Route:
+    """`subscriber` does `reaction` on an event of type `event` whose payload and policy
+    satisfy `when`."""
+
+    event: str
+    subscriber: Service
+    reaction: str
+    when: Callable[[dict[str, Any], dict[str, Any]], bool] = lambda payload, policy: True
+
+
+def _needs_approval(payload: dict[str, Any], policy: dict[str, Any]) -> bool:
+    return bool(payload["total_cents"] >= policy["approval_threshold_cents"])
+
+
+def _undoes_itself(payload: dict[str, Any], policy: dict[str, Any]) -> bool:
+    """A failed step that may have acted (it raised, or was cancelled once it had begun) is
+    undone by its own service first; one that did nothing passes the undo on."""
+    return bool(payload["undo"])
+
+
+def _routes() -> tuple[Route, ...]:
+    inventory, payments, shipping, notifications = STAGES
+    routes = [
+        Route(ORDER_PLACED, "inventory", inventory.step),
+        Route(inventory.done, "orders", AWAIT_APPROVAL, _needs_approval),
+        Route(inventory.done, "payments", payments.step, lambda p, q: not _needs_approval(p, q)),
+        Route(ORDER_APPROVED, "payments", payments.step),
+        Route(APPROVAL_FAILED, "inventory", inventory.undo),
+        Route(payments.done, "shipping", shipping.step),
+        Route(shipping.done, "notifications", notifications.step),
+        Route(notifications.done, "orders", COMPLETE_ORDER),
+        Route(inventory.failed, "orders", FAIL_ORDER, lambda p, q: not _undoes_itself(p, q)),
+        Route(inventory.undone, "orders", FAIL_ORDER),
+    ]
+    for before, stage in itertools.pairwise(STAGES):
+        routes += [
+            Route(stage.failed, before.service, before.undo, lambda p, q: not _undoes_itself(p, q)),
+            Route(stage.undone, before.service, before.undo),
+        ]
+    routes += [Route(s.failed, s.service, s.undo, _undoes_itself) for s in STAGES]
+    return tuple(routes)
+
+
+ROUTES = _routes()
+# Nobody needs telling of a cancel (each service sees it at its next step, in the order's
+# row); orders/control.py writes OrderCancelled itself, in the statement that accepts it.
+assert not any(route.event == ORDER_CANCELLED for route in ROUTES)
+
+
+class Carried(NamedTuple):
+    """What every event of an order carries to its handlers: the order, the policy it was
+    placed under (workflows/order_fulfillment.Policy), and its saga id."""
+
+    saga_id: str
+    order: Order
+    policy: dict[str, Any]
+
+
+# The workflow carrying an order now (saga_status.workflow_id, migration 0007), as a column
+# `carrier` of a statement on orders.orders: the saga, or a choreographed order's newest
+# handler (the one waiting for approval, or parked, when it is).
+CARRIER = """CASE WHEN coordination = 'choreography'
+                THEN (SELECT d.workflow_id FROM orders.deliveries d
+                       WHERE d.order_id = orders.order_id
+                       ORDER BY d.event_seq DESC, d.subscriber DESC LIMIT 1)
+                ELSE saga_id END AS carrier"""
+
+
+def workflow_id(saga_id: str, event: str, subscriber: str) -> str:
+    """The id of the workflow that handles `event` of the order at `subscriber`."""
+    return f"{saga_id}:{event}:{subscriber}"
+
+
+def subscribers(event: str, payload: dict[str, Any], policy: dict[str, Any]) -> list[Route]:
+    return [r for r in ROUTES if r.event == event and r.when(payload, policy)]
+
+
+def emit(
+    conn: Conn, carried: Carried, event: str, payload: dict[str, Any], app_version: str
+) -> bool:
+    """Write the event and enqueue its handlers, in the caller's transaction (one statement).
+    False if the order had this event already: nothing is written or enqueued again."""
+    routes = subscribers(event, payload, carried.policy)
+    by = EMITTED_BY[event]
+    order_id = carried.order["order_id"]
+    ids = [workflow_id(carried.saga_id, event, r.subscriber) for r in routes]
+    arguments = [
+        json.dumps(
+            [
+                r.subscriber,
+                r.reaction,
+                {"type": event, "by": by, "payload": payload},
+                carried.order,
+                carried.policy,
+                carried.saga_id,
+            ]
+        )
+        for r in routes
+    ]
+    row = conn.execute(
+        """WITH event AS (
+               INSERT INTO orders.events (order_id, type, by, payload)
+               VALUES (%(order_id)s, %(type)s, %(by)s, %(payload)s)
+               ON CONFLICT (order_id, type) DO NOTHING
+               RETURNING seq),
+           routed AS (
+               SELECT * FROM unnest(%(ids)s::text[], %(subscribers)s::text[],
+                                    %(arguments)s::text[]) AS r(workflow_id, subscriber, args)),
+           delivered AS (
+               INSERT INTO orders.deliveries (workflow_id, order_id, event_seq, subscriber)
+               SELECT r.workflow_id, %(order_id)s, event.seq, r.subscriber FROM event, routed r
+               RETURNING workflow_id),
+           enqueued AS (
+               SELECT dbos.enqueue_workflow(
+                          workflow_name => %(workflow)s, queue_name => %(queue)s,
+                          positional_args => ARRAY(SELECT json_array_elements(r.args::json)),
+                          workflow_id => r.workflow_id, app_version => %(version)s)
+                 FROM routed r JOIN delivered d USING (workflow_id))
+           SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM enqueued)""",
+        {
+            "order_id": order_id,
+            "type": event,
+            "by": by,
+            "payload": Jsonb(payload),
+            "ids": ids,
+            "subscribers": [r.subscriber for r in routes],
+            "arguments": arguments,
+            "workflow": HANDLER_WORKFLOW,
+            "queue": EVENT_QUEUE,
+            "version": app_version,
+        },
+    ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def delivered(conn: Conn, workflow: str) -> bool:
+    """The bus delivered an event to the handler running as `workflow` (else that handler is
+    a duplicate: someone started it again under another id)."""
+    found = conn.execute("SELECT 1 FROM orders.deliveries WHERE workflow_id = %s", (workflow,))
+    return found.fetchone() is not None
+
+
+def of_order(conn: Conn, order_id: str) -> list[dict[str, Any]]:
+    """The order's events in the order they happened: type, time, emitter."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT type, at, by FROM orders.events WHERE order_id = %s ORDER BY seq""",
+            (order_id,),
+        ).fetchall()
+
+
+# What a journal write inside a handler announces (set by the handler, around the step).
+Announcer = Callable[[Conn, Any], None]
+_announcer: ContextVar[Announcer | None] = ContextVar("announcer", default=None)
+
+
+@contextmanager
+def announcing(announcer: Announcer) -> Iterator[None]:
+    """Journal writes made inside (by steps/runner.py and steps/saga.py) call `announcer`
+    with their connection and what they recorded, in the same transaction."""
+    token = _announcer.set(announcer)
+    try:
+        yield
+    finally:
+        _announcer.reset(token)
+
+
+def atomic(conn: Conn) -> AbstractContextManager[Any]:
+    """A transaction on `conn` if a journal write there will announce something (so the
+    event commits with it), else nothing: orchestration's writes stay one round trip."""
+    return conn.transaction() if _announcer.get() is not None else nullcontext()
+
+
+def announce(conn: Conn, recorded: Any) -> None:
+    """Tell the announcer, if any, what was just recorded on `conn`."""
+    announcer = _announcer.get()
+    if announcer is not None:
+        announcer(conn, recorded)
