@@ -52,6 +52,36 @@ FAILING = {
 }
 
 
+# Each test runs for both coordinations: the orchestrated saga's workflow is killed in a step,
+# or a choreographed order's event handler is.
+COORDINATIONS = pytest.mark.parametrize("coordination", ["orchestration", "choreography"])
+
+
+def assert_handled_once(sql: psycopg.Connection[Any], view: dict[str, Any]) -> None:
+    """A choreographed order's events were each handled by one workflow per subscriber,
+    which finished; there is no other handler of the order."""
+    if view["coordination"] != "choreography":
+        return
+    handlers = sql.execute(
+        """SELECT d.subscriber, e.type, w.status FROM orders.deliveries d
+             JOIN orders.events e ON e.seq = d.event_seq
+             LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = d.workflow_id
+            WHERE d.order_id = %s""",
+        (view["order_id"],),
+    ).fetchall()
+    others = sql.execute(
+        """SELECT count(*) FROM dbos.workflow_status WHERE name = 'handle_event'
+              AND workflow_uuid LIKE %s
+              AND workflow_uuid NOT IN (SELECT workflow_id FROM orders.deliveries)""",
+        (view["saga_id"] + ":%",),
+    ).fetchone()
+    assert handlers
+    assert all(status == "SUCCESS" for _, _, status in handlers), handlers
+    assert len({(s, t) for s, t, _ in handlers}) == len(handlers)
+    assert others == (0,)
+    assert [e["type"] for e in view["events"]][-1] in ("OrderCompleted", "OrderFailed")
+
+
 def happened(sql: psycopg.Connection[Any], operation: str, order_id: str) -> bool:
     return sql.execute(EFFECT[operation], (order_id,)).fetchone() is not None
 
@@ -64,19 +94,25 @@ def journal_status(sql: psycopg.Connection[Any], order_id: str, name: str) -> st
 
 
 def checkpointed(sql: psycopg.Connection[Any], order_id: str, name: str) -> bool:
+    """DBOS has checkpointed step `name` of the order: in its saga's workflow, or in one of
+    the event handlers of a choreographed order."""
     row = sql.execute(
         """SELECT 1 FROM dbos.operation_outputs op
-             JOIN orders.orders o ON o.saga_id = op.workflow_uuid
-            WHERE o.order_id = %s AND op.function_name = %s""",
-        (order_id, name),
+            WHERE op.function_name = %(name)s AND op.workflow_uuid IN (
+                  SELECT saga_id FROM orders.orders WHERE order_id = %(order_id)s
+                  UNION ALL
+                  SELECT workflow_id FROM orders.deliveries WHERE order_id = %(order_id)s)""",
+        {"order_id": order_id, "name": name},
     ).fetchone()
     return row is not None
 
 
-def start_order(service: ServiceProcess, stock: int, fields: dict[str, Any]) -> dict[str, Any]:
+def start_order(
+    service: ServiceProcess, stock: int, fields: dict[str, Any], coordination: str
+) -> dict[str, Any]:
     with httpx.Client(base_url=service.url) as client:
         client.put("/inventory/WIDGET", json={"available": stock, "price_cents": 1500})
-        body = order_body({"WIDGET": 2}, **fields)
+        body = order_body({"WIDGET": 2}, **fields, coordination=coordination)
         assert client.post("/orders", json=body).status_code == 202
     return body
 
@@ -98,15 +134,20 @@ def attempts(view: dict[str, Any], name: str) -> int:
     return next(s["attempts"] for s in view["steps"] + view["compensations"] if s["name"] == name)
 
 
+@COORDINATIONS
 @pytest.mark.parametrize("when", ["before-effect", "after-effect"])
 @pytest.mark.parametrize(
     "step", ["reserve_inventory", "process_payment", "create_shipment", "send_confirmation"]
 )
 def test_a_kill_during_a_forward_step_still_completes_the_saga_once(
-    service: ServiceProcess, sql: psycopg.Connection[Any], step: str, when: str
+    service: ServiceProcess,
+    sql: psycopg.Connection[Any],
+    step: str,
+    when: str,
+    coordination: str,
 ) -> None:
     service.start(PARTICIPANT_LATENCY_MS=LATENCY_MS)
-    body = start_order(service, stock=5, fields={})
+    body = start_order(service, stock=5, fields={}, coordination=coordination)
 
     kill_in_flight(service, sql, body["order_id"], step, when)
     service.start(PARTICIPANT_LATENCY_MS="0")
@@ -116,8 +157,10 @@ def test_a_kill_during_a_forward_step_still_completes_the_saga_once(
     assert view["compensations"] == []
     assert attempts(view, step) == 2  # it ran again after the restart...
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})  # ...but acted once
+    assert_handled_once(sql, view)
 
 
+@COORDINATIONS
 @pytest.mark.parametrize(
     ("compensation", "when"),
     [
@@ -128,11 +171,15 @@ def test_a_kill_during_a_forward_step_still_completes_the_saga_once(
     ],
 )
 def test_a_kill_during_a_compensation_still_undoes_everything_once(
-    service: ServiceProcess, sql: psycopg.Connection[Any], compensation: str, when: str
+    service: ServiceProcess,
+    sql: psycopg.Connection[Any],
+    compensation: str,
+    when: str,
+    coordination: str,
 ) -> None:
     fields, compensations = FAILING[compensation]
     service.start(PARTICIPANT_LATENCY_MS=LATENCY_MS)
-    body = start_order(service, stock=5, fields=fields)
+    body = start_order(service, stock=5, fields=fields, coordination=coordination)
 
     kill_in_flight(service, sql, body["order_id"], compensation, when)
     service.start(PARTICIPANT_LATENCY_MS="0")
@@ -142,3 +189,4 @@ def test_a_kill_during_a_compensation_still_undoes_everything_once(
     assert [c["name"] for c in view["compensations"]] == compensations
     assert attempts(view, compensation) == 2
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
+    assert_handled_once(sql, view)
