@@ -14,6 +14,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import dict_row
 
+from orders import events
 from orders.model import TERMINAL_STATES
 from runtime import executors
 
@@ -35,6 +36,7 @@ class Report:
 
     sagas: int = 0
     states: Counter[str] = field(default_factory=Counter)
+    coordinations: Counter[str] = field(default_factory=Counter)  # sagas of each style
     violations: list[str] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # violations of each kind
     # kind -> the orders (or, for the database as a whole, the problems) with a violation
@@ -61,7 +63,10 @@ def audit(conn: psycopg.Connection[Any], *, own_snapshot: bool = True) -> Report
     for saga in snapshot["sagas"]:
         report.sagas += 1
         report.states[saga["state"]] += 1
+        report.coordinations[saga["coordination"]] += 1
         _check_saga(report, saga, _effects_of(snapshot, saga["order_id"]))
+        if saga["coordination"] == "choreography":
+            _check_events(report, saga, snapshot["handlers"].get(saga["order_id"], []))
     _check_stock(report, snapshot["stock"])
     for order_id in sorted(snapshot["effect_orders"] - {s["order_id"] for s in snapshot["sagas"]}):
         report.violation(
@@ -80,6 +85,7 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     # is an orphan, and the sagas of that executor are stuck until someone ends it.
     sagas = rows(
         """SELECT o.order_id, o.saga_id, o.state, o.total_cents, o.request -> 'items' AS items,
+                  o.coordination,
                   o.created_at < now() - make_interval(secs => %s) AS past_grace,
                   w.status AS dbos_status, w.executor_id,
                   (w.executor_id IS NOT NULL AND """
@@ -88,8 +94,10 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
                   (SELECT extract(epoch FROM now() - e.heartbeat_at)::float8
                      FROM orders.executors e WHERE e.executor_id = w.executor_id)
                       AS heartbeat_age
-             FROM orders.orders o
-             LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = o.saga_id
+             FROM (SELECT *, """
+        + events.carrier()
+        + """ FROM orders.orders) o
+             LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = o.carrier
             ORDER BY o.created_at""",
         (UNSTARTED_GRACE_SECONDS,),
     )
@@ -138,7 +146,24 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     )
     for saga in sagas:
         saga["any_executor_alive"] = any_executor_alive
-    return {"sagas": sagas, "effects": effects, "stock": stock, "effect_orders": set(effects)}
+    # Every event of every choreographed order, each with its handlers (none for an event
+    # nobody subscribes to), oldest first.
+    handlers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows(
+        """SELECT e.order_id, e.type, d.subscriber, d.workflow_id, w.status
+             FROM orders.events e
+             LEFT JOIN orders.deliveries d ON d.event_seq = e.seq
+             LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = d.workflow_id
+            ORDER BY e.seq"""
+    ):
+        handlers[r["order_id"]].append(r)
+    return {
+        "sagas": sagas,
+        "effects": effects,
+        "stock": stock,
+        "effect_orders": set(effects),
+        "handlers": handlers,
+    }
 
 
 def _effects_of(snapshot: dict[str, Any], order_id: str) -> dict[str, list[Any]]:
@@ -201,6 +226,37 @@ def _check_saga(report: Report, saga: dict[str, Any], fx: dict[str, list[Any]]) 
     _check_progress(report, saga)
 
 
+END_EVENT = {"COMPLETED": events.ORDER_COMPLETED, "FAILED": events.ORDER_FAILED}
+
+
+def _check_events(report: Report, saga: dict[str, Any], handled: list[dict[str, Any]]) -> None:
+    """A choreographed order: each of its events handled by one workflow per subscriber
+    (the bus's keys make a second impossible; a delivery without its workflow is an event
+    lost), never two handlers at once, and, once it has ended and no handler runs, its end
+    event written. (Stuck handlers are found by _check_progress: the newest one carries it.)"""
+    for row in handled:
+        if row["subscriber"] is not None and row["status"] is None:
+            report.violation(
+                "lost", saga, f"{row['type']} was routed to {row['subscriber']}, which never got it"
+            )
+        elif row["status"] in DBOS_ENDED_BADLY:
+            report.violation(
+                "stuck",
+                saga,
+                f"the {row['subscriber']} handler of {row['type']} ended {row['status']}",
+            )
+    live = [r for r in handled if r["status"] in RUNNING]
+    if len(live) > 1:
+        report.violation(
+            "duplicated",
+            saga,
+            "handlers at once: " + ", ".join(f"{r['subscriber']} on {r['type']}" for r in live),
+        )
+    end = END_EVENT.get(saga["state"])
+    if end is not None and not live and end not in {r["type"] for r in handled}:
+        report.violation("lost", saga, f"{saga['state']} but no {end} event")
+
+
 def _check_progress(report: Report, saga: dict[str, Any]) -> None:
     """Never a saga that nobody is working on (COMPENSATION_FAILED waits for an operator,
     in a live workflow, and counts as worked on)."""
@@ -254,15 +310,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(
             json.dumps(
-                {"sagas": report.sagas, "states": report.states, "violations": report.violations}
+                {
+                    "sagas": report.sagas,
+                    "states": report.states,
+                    "coordinations": report.coordinations,
+                    "violations": report.violations,
+                }
             )
         )
     else:
         for line in report.violations:
             print(line)
         states = ", ".join(f"{n} {s}" for s, n in sorted(report.states.items()))
+        styles = ", ".join(f"{n} {c}" for c, n in sorted(report.coordinations.items()))
         print(
-            f"audit: {report.sagas} sagas ({states or 'none'}); {len(report.violations)} violations"
+            f"audit: {report.sagas} sagas ({states or 'none'}; {styles or 'none'}); "
+            f"{len(report.violations)} violations"
         )
     return 1 if report.violations else 0
 

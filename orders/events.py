@@ -168,14 +168,15 @@ class Carried(NamedTuple):
     policy: dict[str, Any]
 
 
-# The workflow carrying an order now (saga_status.workflow_id, migration 0007), as a column
-# `carrier` of a statement on orders.orders: the saga, or a choreographed order's newest
-# handler (the one waiting for approval, or parked, when it is).
-CARRIER = """CASE WHEN coordination = 'choreography'
+def carrier(table: str = "orders") -> str:
+    """The workflow carrying an order now (saga_status.workflow_id, migration 0007), as a
+    column `carrier` of a statement on orders.orders named `table`: the saga, or a
+    choreographed order's newest handler (the one waiting for approval, or parked)."""
+    return f"""CASE WHEN {table}.coordination = 'choreography'
                 THEN (SELECT d.workflow_id FROM orders.deliveries d
-                       WHERE d.order_id = orders.order_id
+                       WHERE d.order_id = {table}.order_id
                        ORDER BY d.event_seq DESC, d.subscriber DESC LIMIT 1)
-                ELSE saga_id END AS carrier"""
+                ELSE {table}.saga_id END AS carrier"""
 
 
 def workflow_id(saga_id: str, event: str, subscriber: str) -> str:

@@ -37,16 +37,17 @@ def about(conn: psycopg.Connection[Any], subject: str) -> list[str]:
 
 
 @pytest.fixture
-def completed(api: httpx.Client, stock: Any) -> dict[str, Any]:
+def completed(api: httpx.Client, stock: Any, style: dict[str, str]) -> dict[str, Any]:
+    """A COMPLETED order, of each coordination (every test taking it runs for both)."""
     sku = stock(10)
-    view = finished(api, order_body({sku: 2}))
+    view = finished(api, order_body({sku: 2}, **style))
     assert view["state"] == "COMPLETED"
     return {**view, "sku": sku}
 
 
 @pytest.fixture
-def failed(api: httpx.Client, stock: Any) -> dict[str, Any]:
-    view = finished(api, order_body({stock(10): 1}, payment_method="pm_card_declined"))
+def failed(api: httpx.Client, stock: Any, style: dict[str, str]) -> dict[str, Any]:
+    view = finished(api, order_body({stock(10): 1}, payment_method="pm_card_declined", **style))
     assert view["state"] == "FAILED"
     return view
 
@@ -157,3 +158,68 @@ def test_make_audit_exits_nonzero_and_prints_each_violation(
     assert f"lost: saga {completed['saga_id']} (order {completed['order_id']})" in out
     assert "COMPLETED but notifications []" in out
     assert "audit: " in out.splitlines()[-1]
+
+
+@pytest.fixture
+def choreographed(api: httpx.Client, stock: Any) -> dict[str, Any]:
+    view = finished(api, order_body({stock(10): 1}, coordination="choreography"))
+    assert view["state"] == "COMPLETED"
+    return view
+
+
+def test_an_event_whose_handler_never_came_is_lost(
+    tx: psycopg.Connection[Any], choreographed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """DELETE FROM dbos.workflow_status WHERE workflow_uuid IN (
+               SELECT d.workflow_id FROM orders.deliveries d JOIN orders.events e
+                   ON e.seq = d.event_seq
+                WHERE d.order_id = %s AND e.type = 'PaymentCaptured')""",
+        (choreographed["order_id"],),
+    )
+    (violation,) = about(tx, choreographed["order_id"])
+    assert violation.startswith("lost: ")
+    assert "PaymentCaptured was routed to shipping, which never got it" in violation
+
+
+def test_an_ended_order_without_its_end_event_lost_it(
+    tx: psycopg.Connection[Any], choreographed: dict[str, Any]
+) -> None:
+    tx.execute(
+        "DELETE FROM orders.events WHERE order_id = %s AND type = 'OrderCompleted'",
+        (choreographed["order_id"],),
+    )
+    (violation,) = about(tx, choreographed["order_id"])
+    assert violation.startswith("lost: ")
+    assert "COMPLETED but no OrderCompleted event" in violation
+
+
+def test_a_handler_that_ended_in_error_is_stuck(
+    tx: psycopg.Connection[Any], choreographed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """UPDATE dbos.workflow_status SET status = 'ERROR' WHERE workflow_uuid IN (
+               SELECT workflow_id FROM orders.deliveries WHERE order_id = %s
+                  AND subscriber = 'notifications')""",
+        (choreographed["order_id"],),
+    )
+    (violation,) = about(tx, choreographed["order_id"])
+    assert violation.startswith("stuck: ")
+    assert "the notifications handler of ShipmentCreated ended ERROR" in violation
+
+
+def test_two_handlers_of_one_order_at_once_are_a_duplicate(
+    tx: psycopg.Connection[Any], choreographed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """UPDATE dbos.workflow_status SET status = 'ENQUEUED' WHERE workflow_uuid IN (
+               SELECT workflow_id FROM orders.deliveries WHERE order_id = %s
+                  AND subscriber IN ('payments', 'shipping'))""",
+        (choreographed["order_id"],),
+    )
+    violations = about(tx, choreographed["order_id"])
+    assert any(
+        v.startswith("duplicated: ")
+        and "handlers at once: payments on InventoryReserved, shipping on PaymentCaptured" in v
+        for v in violations
+    )
