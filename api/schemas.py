@@ -173,6 +173,10 @@ class OrderView(BaseModel):
     application_version: str | None = Field(description="The code version that runs it")
     actions: list[ActionView] = Field(description="The operators' accepted requests, oldest first")
     coordination: Coordination
+    workflow_id: str = Field(
+        description="The DBOS workflow carrying the saga now: its saga_id, or a choreographed "
+        "order's newest event handler (dbos_status, executor_id are that workflow's)"
+    )
     events: list[EventView] = Field(
         description="A choreographed order's events in the order they happened (orchestration: "
         "none)"

@@ -91,6 +91,7 @@ class Client:
         attention: bool | None = None,
         search: str | None = None,
         before: str | None = None,
+        coordination: str | None = None,
     ) -> Any:
         params: dict[str, str | int] = {}
         if state is not None:
@@ -103,6 +104,8 @@ class Client:
             params["search"] = search
         if before is not None:
             params["before"] = before
+        if coordination is not None:
+            params["coordination"] = coordination
         return self._call("GET", "/orders", params=params)
 
     def order(self, order_id: str) -> Any:

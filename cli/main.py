@@ -123,6 +123,22 @@ StateOption = Annotated[
         help="Only sagas in this state (any case): " + ", ".join(s.value for s in State) + ".",
     ),
 ]
+
+
+class Style(StrEnum):
+    ORCHESTRATION = "orchestration"
+    CHOREOGRAPHY = "choreography"
+
+
+CoordinationOption = Annotated[
+    Style | None,
+    typer.Option(
+        "--coordination",
+        case_sensitive=False,
+        metavar="STYLE",
+        help="Only sagas of this coordination: orchestration or choreography.",
+    ),
+]
 AttentionOption = Annotated[
     bool | None,
     typer.Option(
@@ -239,6 +255,7 @@ def list_orders(
     attention: AttentionOption = None,
     limit: LimitOption = None,
     search: SearchOption = None,
+    coordination: CoordinationOption = None,
     before: Annotated[
         str | None,
         typer.Option(
@@ -261,6 +278,7 @@ def list_orders(
             attention=attention,
             search=search,
             before=before,
+            coordination=coordination.value if coordination else None,
         )
     )
     if run.json:
@@ -366,6 +384,7 @@ def watch(
     attention: AttentionOption = None,
     limit: LimitOption = None,
     search: SearchOption = None,
+    coordination: CoordinationOption = None,
     interval: Annotated[
         float,
         typer.Option("--interval", min=0.05, metavar="SECONDS", help="Time between refreshes."),
@@ -387,7 +406,11 @@ def watch(
 
     def fetch(client: Client) -> Any:
         return client.list_orders(
-            state=state.value if state else None, limit=limit, attention=attention, search=search
+            state=state.value if state else None,
+            limit=limit,
+            attention=attention,
+            search=search,
+            coordination=coordination.value if coordination else None,
         )
 
     try:

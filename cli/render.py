@@ -110,6 +110,7 @@ def orders_table(listing: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("step")
     table.add_column("total", justify="right", no_wrap=True)
     table.add_column("customer")
+    table.add_column("style")
     table.add_column("attention", style="red")
     table.add_column("updated")
     for order in orders:
@@ -119,6 +120,7 @@ def orders_table(listing: dict[str, Any], title: str | None = None) -> Table:
             text(order.get("current_step")),
             text(money(order.get("total_cents"))),
             text(order.get("customer_id")),
+            text(order.get("coordination")),
             text(order.get("attention_reason") if order.get("needs_attention") else None),
             text(f"{when(order.get('updated_at'))} ({ago(order.get('updated_at'))})"),
         )

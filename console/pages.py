@@ -26,7 +26,7 @@ from api import db
 from api.schemas import IDENTIFIER, NO_CONTROL_CHARACTERS, OrderSummary, OrderView
 from orders import views, wording
 from orders.errors import OrderNotFound
-from orders.model import SAGA_STATES, TERMINAL_STATES, UNDONE_BY
+from orders.model import COORDINATIONS, SAGA_STATES, TERMINAL_STATES, UNDONE_BY
 from runtime.settings import Settings
 
 HERE = Path(__file__).parent
@@ -54,16 +54,24 @@ async def fleet_page(request: Request) -> HTMLResponse:
         attention = _choice(params.get("attention"), ("true", "false"), "attention")
         search = _text(params.get("search"), "search", NO_CONTROL_CHARACTERS, 64)
         before = _text(params.get("before"), "before", IDENTIFIER, 64)
+        coordination = _choice(params.get("coordination"), COORDINATIONS, "coordination")
     except BadFilter as bad:
         return _page(request, "error.html", {"problem": str(bad)}, status_code=400)
     wanted = {"true": True, "false": False}.get(attention or "")
-    filters = {"state": state, "attention": attention, "search": search}
+    filters = {
+        "state": state,
+        "attention": attention,
+        "search": search,
+        "coordination": coordination,
+    }
 
     def read() -> dict[str, Any]:
         with db.connection() as conn:
             now = views.fleet(conn)
             attention_rows = views.list_orders(conn, None, ATTENTION_SHOWN + 1, True)
-            rows = views.list_orders(conn, state, PAGE_SIZE + 1, wanted, search, before)
+            rows = views.list_orders(
+                conn, state, PAGE_SIZE + 1, wanted, search, before, coordination
+            )
         return {
             "fleet": now,
             "attention": [OrderSummary.model_validate(r) for r in attention_rows],
@@ -78,6 +86,7 @@ async def fleet_page(request: Request) -> HTMLResponse:
         return _page(request, "error.html", {"problem": problem}, status_code=404)
     context |= {
         "states": SAGA_STATES,
+        "coordinations": COORDINATIONS,
         "filters": filters,
         "filtered": any(filters.values()) or before is not None,
         "before": before,
@@ -191,9 +200,11 @@ def _advice(saga: OrderView) -> str | None:
             "the reservation. If nobody decides by the deadline, it is undone by itself."
         )
     if saga.needs_attention and saga.attention_reason == "workflow ended without finishing it":
+        carrier = "workflow" if saga.coordination == "orchestration" else "newest event handler"
         return (
-            "Its DBOS workflow ended while the saga had not: see the DBOS status and the "
-            'server log; `make dbos ARGS="workflow steps SAGA_ID"` shows what DBOS recorded.'
+            f"Its DBOS {carrier} ended while the saga had not: see the DBOS status and the "
+            f'server log; `make dbos ARGS="workflow steps {saga.workflow_id}"` shows what DBOS '
+            "recorded."
         )
     if saga.needs_attention:
         return (

@@ -38,7 +38,8 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
             f"""SELECT order_id, saga_id, state, total_cents, error, current_step, dbos_status,
                       created_at, updated_at, approval_deadline, decision, cancel_requested_at,
                       needs_attention, attention_reason, trace_id, parked_count, executor_id,
-                      application_version, customer_id, coordination, {_ACTIONS} AS actions
+                      application_version, customer_id, coordination, workflow_id,
+                      {_ACTIONS} AS actions
                  FROM saga_status v WHERE order_id = %s""",
             (order_id,),
         ).fetchone()

@@ -297,8 +297,20 @@ def test_empty_filter_fields_are_no_filter(api: httpx.Client, many: list[str]) -
         ("search=a%01b", "search must be at most 64 printable characters"),
         ("before=has%20space", "before must be at most 64 printable characters"),
         ("before=" + "b" * 65, "before must be at most 64 printable characters"),
+        (
+            "coordination=both",
+            "coordination must be one of orchestration, choreography; got 'both'",
+        ),
     ],
-    ids=["state", "attention", "search-65", "search-control", "before-space", "before-65"],
+    ids=[
+        "state",
+        "attention",
+        "search-65",
+        "search-control",
+        "before-space",
+        "before-65",
+        "coordination",
+    ],
 )
 def test_a_bad_filter_is_a_400_page_naming_it(api: httpx.Client, query: str, problem: str) -> None:
     page = html(api.get(f"/?{query}"), status=400)
@@ -476,3 +488,41 @@ def test_the_console_static_files_are_served(
     assert response.status_code == 200
     assert response.headers["content-type"].split(";")[0] in content_types
     assert response.content
+
+
+# --- choreography --------------------------------------------------------------------------
+
+
+def test_the_coordination_filter_and_a_choreographed_sagas_events(api: httpx.Client) -> None:
+    sku = put_sku(api, 10)
+    customer = new_id("c")
+    choreographed = ended(
+        api, order_body({sku: 1}, customer_id=customer, coordination="choreography")
+    )
+    orchestrated = ended(api, order_body({sku: 1}, customer_id=customer))
+
+    only = html(api.get("/", params={"coordination": "choreography", "search": customer}))
+    both = html(api.get("/", params={"search": customer}))
+    page = html(api.get(f"/console/orders/{choreographed['order_id']}"))
+    plain = html(api.get(f"/console/orders/{orchestrated['order_id']}"))
+
+    assert listed_ids(only) == [choreographed["order_id"]]
+    assert (
+        only.one("select", name="coordination").one("option", selected=True).attrs["value"]
+        == "choreography"
+    )
+    assert [r.one("td", class_="style").text() for r in listed(both)] == [
+        "orchestration",
+        "choreography",
+    ]
+    rows = page.one("table", id="events").all("tr", data_event=True)
+    assert [(r.attrs["data-event"], r.attrs["data-by"]) for r in rows] == [
+        (e["type"], e["by"]) for e in choreographed["events"]
+    ]
+    assert [r.attrs["data-event"] for r in rows][-1] == "OrderCompleted"
+    assert page.one(id="coordination").text().startswith("choreography")
+    assert page.one(id="workflow-id").text() == choreographed["workflow_id"]
+    timeline = page.one("table", id="timeline").all("tr", data_step=True)
+    assert [r.attrs["data-status"] for r in timeline] == ["completed"] * 4  # as orchestrated
+    assert plain.all("table", id="events") == []
+    assert plain.one(id="coordination").text() == "orchestration"

@@ -120,6 +120,27 @@ def test_show_prints_the_timeline_and_its_json_is_the_apis(
     assert json.loads(as_json.stdout) == api.get(f"/orders/{order_id}").json()
 
 
+def test_a_choreographed_order_is_listed_by_its_style_and_shown_with_its_events(
+    live_url: str, api: httpx.Client, stock: Callable[..., str]
+) -> None:
+    view = place(api, stock(3), coordination="choreography")
+    order_id = view["order_id"]
+
+    listed = saga(live_url, "list", "--coordination", "CHOREOGRAPHY", "--search", order_id)
+    other = saga(live_url, "list", "--coordination", "orchestration", "--search", order_id)
+    shown = saga(live_url, "show", order_id)
+
+    assert listed.returncode == 0, listed.stderr
+    assert order_id in listed.stdout
+    assert "choreography" in listed.stdout
+    assert order_id not in other.stdout
+    assert shown.returncode == 0, shown.stderr
+    assert "events" in shown.stdout
+    for event in view["events"]:
+        assert event["type"] in shown.stdout
+    assert "notifications" in shown.stdout  # OrderConfirmed's emitter
+
+
 def test_show_of_a_failed_order_has_its_compensations(
     live_url: str, api: httpx.Client, stock: Callable[..., str]
 ) -> None:
@@ -208,6 +229,7 @@ def test_an_unreachable_service_exits_3_in_one_line() -> None:
         ["show", "a/b"],  # not an order id: no odd URL is built
         ["approve", "x" * 65],
         ["list", "--state", "DONE"],
+        ["list", "--coordination", "telepathy"],
         ["list", "--limit", "0"],
         ["cancel", "ord-1", "--reason", ""],
         ["cancel", "ord-1", "--reason", "x" * 201],

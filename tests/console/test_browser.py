@@ -209,10 +209,15 @@ def actions_shown(browser: WebDriver) -> list[tuple[str, str, str]]:
     ]
 
 
+@pytest.mark.parametrize("coordination", ["orchestration", "choreography"])
 def test_an_operator_finds_a_waiting_order_approves_it_and_watches_it_complete(
-    browser: WebDriver, service: ServiceProcess, api: httpx.Client, sku: Callable[..., str]
+    browser: WebDriver,
+    service: ServiceProcess,
+    api: httpx.Client,
+    sku: Callable[..., str],
+    coordination: str,
 ) -> None:
-    order_id = place(api, sku(price_cents=BIG))
+    order_id = place(api, sku(price_cents=BIG), coordination=coordination)
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
 
     browser.get(service.url + "/")
@@ -240,6 +245,14 @@ def test_an_operator_finds_a_waiting_order_approves_it_and_watches_it_complete(
     assert actions_shown(browser) == [(OPERATOR, "approve", "checked the customer")]
     assert api.get(f"/orders/{order_id}").json()["actions"][0]["by"] == OPERATOR
     assert browser.find_element(By.ID, "no-action").text.startswith("The saga has ended")
+    if coordination == "choreography":  # its events, redrawn as they came
+        events = [
+            r.get_attribute("data-event") for r in rows(browser.find_element(By.ID, "events"))
+        ]
+        assert events[:3] == ["OrderPlaced", "InventoryReserved", "OrderApproved"]
+        assert events[-1] == "OrderCompleted"
+    else:
+        assert browser.find_elements(By.ID, "events") == []
 
 
 def test_cancel_with_a_reason_shows_the_action_and_the_compensations(
