@@ -6,7 +6,9 @@ Everything is real: the service is `python -m api` in a subprocess, the database
 embedded PostgreSQL of the run's own (chaos/postgres.py), reached through a fault proxy
 (chaos/faultproxy.py, driven by chaos/network.py), and clients speak HTTP. Every order
 the API accepted (202) must end COMPLETED or FAILED, and the audit (orders/audit.py) must
-find every effect matching its saga's final state.
+find every effect matching its saga's final state. Each order is orchestrated or
+choreographed (half of each, CHAOS_CHOREOGRAPHY sets the share), and the count is given for
+each coordination as well as in all.
 """
 
 import itertools
@@ -30,7 +32,7 @@ from chaos.network import NetworkSaboteur
 from chaos.postgres import CrashablePostgres
 from chaos.service import ServiceProcess, environment_without_knobs
 from orders.audit import Report, audit
-from orders.model import COMPENSATION_OF, FORWARD_STEPS, TERMINAL_STATES
+from orders.model import COMPENSATION_OF, COORDINATIONS, FORWARD_STEPS, TERMINAL_STATES
 
 APPROVAL_TIMEOUT_SECONDS = 6
 # The service's knobs for the run: every call slow, few tries, so faults really exhaust
@@ -89,6 +91,7 @@ class Config:
     drain_seconds: float = 240.0  # at the end, how long sagas get to finish
     workdir: Path | None = None
     keep: bool = False  # keep the database even after a clean run
+    choreography: float = 0.5  # the share of orders placed with "coordination": "choreography"
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -98,6 +101,7 @@ class Config:
             clients=int(os.environ.get("CHAOS_CLIENTS", "4")),
             seed=int(seed) if seed else None,
             keep=os.environ.get("CHAOS_KEEP", "") not in ("", "0", "false"),
+            choreography=float(os.environ.get("CHAOS_CHOREOGRAPHY", "0.5")),
         )
 
 
@@ -107,6 +111,26 @@ class Placed:
     kind: str
     key: str
     saga_id: str
+    coordination: str
+
+
+@dataclass
+class Tally:
+    """The count of one coordination's sagas."""
+
+    sagas: int = 0
+    states: Counter[str] = field(default_factory=Counter)
+    lost: int = 0
+    duplicated: int = 0
+    stuck: int = 0
+    wrong: int = 0
+
+    def line(self, coordination: str) -> str:
+        states = ", ".join(f"{s} {n}" for s, n in sorted(self.states.items()))
+        return (
+            f"  {coordination:<14} {self.sagas} sagas ({states or 'none'}): {self.lost} lost, "
+            f"{self.duplicated} duplicated, {self.stuck} stuck, {self.wrong} wrong outcomes"
+        )
 
 
 @dataclass
@@ -129,6 +153,8 @@ class Result:
     workdir: Path
     coverage: dict[str, Counter[str]] = field(default_factory=dict)
     unexercised: list[str] = field(default_factory=list)  # kinds of order never placed
+    by_coordination: dict[str, Tally] = field(default_factory=dict)
+    styles_placed: set[tuple[str, str]] = field(default_factory=set)  # (kind, coordination)
 
     @property
     def clean(self) -> bool:
@@ -140,6 +166,10 @@ class Result:
             f"  {kind:<21} " + ", ".join(f"{s} {n}" for s, n in sorted(ends.items()))
             for kind, ends in sorted(self.coverage.items())
         ]
+
+    def coordination_lines(self) -> list[str]:
+        """The count for each coordination (orders of any other origin are in the total)."""
+        return [self.by_coordination.get(c, Tally()).line(c) for c in COORDINATIONS]
 
     def summary(self) -> str:
         states = ", ".join(f"{s} {n}" for s, n in sorted(self.states.items()))
@@ -205,7 +235,9 @@ def run(config: Config) -> Result:
         started = time.monotonic()
         log(f"chaos: {config.seconds:.0f} s of load, data in {workdir}, log {service.log}")
         threads = [
-            threading.Thread(target=_client, args=(shared, i), name=f"client-{i}", daemon=True)
+            threading.Thread(
+                target=_client, args=(shared, i, config), name=f"client-{i}", daemon=True
+            )
             for i in range(config.clients)
         ]
         threads.append(threading.Thread(target=_approver, args=(shared,), daemon=True))
@@ -229,7 +261,13 @@ def run(config: Config) -> Result:
             result = _result(shared, conn, report, states, time.monotonic() - started, workdir)
             result.network = saboteur.counts()
         if config.seconds >= MIN_SECONDS_FOR_COVERAGE:  # long enough to place every kind
-            result.unexercised = sorted(set(KINDS) - set(result.coverage))
+            styles = [c for c in COORDINATIONS if _share(c, config) > 0]
+            result.unexercised = sorted(
+                f"{kind} ({c})"
+                for kind in KINDS
+                for c in styles
+                if (kind, c) not in result.styles_placed
+            )
     finally:
         saboteur.stop()
         service.stop()
@@ -289,7 +327,11 @@ def _order(kind: str, rng: random.Random) -> dict[str, Any]:
     return body
 
 
-def _client(shared: Shared, number: int) -> None:
+def _share(coordination: str, config: Config) -> float:
+    return config.choreography if coordination == "choreography" else 1 - config.choreography
+
+
+def _client(shared: Shared, number: int, config: Config) -> None:
     """Places orders until the load stops; each is POSTed until the API answers it."""
     rng = random.Random(shared.rng.random())
     kinds, weights = zip(*((k, w) for k, (w, _) in KINDS.items()), strict=True)
@@ -298,16 +340,23 @@ def _client(shared: Shared, number: int) -> None:
             kind = rng.choices(kinds, weights)[0]
             key = f"chaos-{uuid.uuid4().hex}"
             body = _order(kind, rng)
+            coordination = "choreography" if rng.random() < config.choreography else None
+            if coordination is not None:
+                body["coordination"] = coordination
             answer = _post_until_answered(shared, client, key, body)
             if answer is None:
                 continue
-            placed = Placed(answer["order_id"], kind, key, answer["saga_id"])
+            placed = Placed(
+                answer["order_id"], kind, key, answer["saga_id"], coordination or "orchestration"
+            )
             with shared.lock:
                 shared.placed[placed.order_id] = placed
             if rng.random() < 0.15:  # a client that did not hear the answer sends it again
                 again = _post_until_answered(shared, client, key, body)
                 if again is not None and again["saga_id"] != placed.saga_id:
-                    shared.problem(f"duplicated: key {key} gave two sagas")
+                    shared.problem(
+                        f"duplicated: key {key} gave two sagas (order {placed.order_id})"
+                    )
             if kind == "cancel":
                 time.sleep(rng.uniform(0, 0.4))
                 _control(shared, client, placed.order_id, "cancel")
@@ -540,6 +589,7 @@ def _result(
     workdir: Path,
 ) -> Result:
     stored = dict(conn.execute("SELECT order_id, state FROM orders.orders").fetchall())
+    style_of = dict(conn.execute("SELECT order_id, coordination FROM orders.orders").fetchall())
     with shared.lock:
         placed_orders = dict(shared.placed)
         must_fail = set(shared.must_fail)
@@ -561,6 +611,7 @@ def _result(
         p.startswith("duplicated") for p in shared.problems
     )
     wrong = sum(not p.startswith("duplicated") for p in shared.problems)  # answers not allowed
+    wrong_orders: list[str] = []
     for order_id in sorted(set(stored) - set(placed_orders)):
         if stored[order_id] not in TERMINAL_STATES:  # stored, never answered: still counted
             stuck.add(order_id)
@@ -575,7 +626,24 @@ def _result(
             problems.append(f"stuck: order {order_id} ({placed.kind}) is still {state}")
         elif state == "COMPLETED" and (not KINDS[placed.kind][1] or order_id in must_fail):
             wrong += 1
+            wrong_orders.append(order_id)
             problems.append(f"wrong: order {order_id} ({placed.kind}) ended COMPLETED")
+    tallies = {c: Tally() for c in COORDINATIONS}
+    for order_id, state in stored.items():
+        tally = tallies[style_of[order_id]]
+        tally.sagas += 1
+        tally.states[state] += 1
+    for order_id in lost:
+        if order_id in style_of:
+            tallies[style_of[order_id]].lost += 1
+    for order_id in stuck:
+        if order_id in style_of:
+            tallies[style_of[order_id]].stuck += 1
+    for order_id in report.flagged["duplicated"]:
+        if order_id in style_of:
+            tallies[style_of[order_id]].duplicated += 1
+    for order_id in wrong_orders:
+        tallies[style_of[order_id]].wrong += 1
     return Result(
         seconds=seconds,
         sagas=len(stored),
@@ -594,4 +662,6 @@ def _result(
         slowest_503=shared.slowest_503,
         workdir=workdir,
         coverage={kind: +ends for kind, ends in coverage.items()},
+        by_coordination=tallies,
+        styles_placed={(p.kind, p.coordination) for p in placed_orders.values()},
     )

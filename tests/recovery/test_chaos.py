@@ -28,7 +28,8 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
 
     result = run(config)
 
-    print("\n".join([*result.problems[:30], *result.coverage_lines(), result.summary()]))
+    lines = [*result.problems[:30], *result.coverage_lines(), *result.coordination_lines()]
+    print("\n".join([*lines, result.summary()]))
     assert result.problems == []
     assert result.clean
     assert result.kills >= 2
@@ -42,3 +43,7 @@ def test_a_short_chaos_run_loses_nothing_and_duplicates_nothing() -> None:
     assert set(result.coverage) >= {"visa", "declined", "cancel", "approve", "reject"}
     assert result.states["COMPLETED"]
     assert result.states["FAILED"]
+    for coordination in ("orchestration", "choreography"):  # both styles, each clean
+        tally = result.by_coordination[coordination]
+        assert tally.sagas >= 5, tally
+        assert (tally.lost, tally.duplicated, tally.stuck, tally.wrong) == (0, 0, 0, 0)
