@@ -51,8 +51,10 @@ def pending_by_executor(sql: psycopg.Connection[Any]) -> dict[str, list[str]]:
     return {executor: list(ids) for executor, ids in rows}
 
 
-def place(api: ServiceProcess, count: int) -> list[dict[str, Any]]:
-    bodies = [order_body({"WIDGET": 1}) for _ in range(count)]
+def place(
+    api: ServiceProcess, count: int, coordination: str = "orchestration"
+) -> list[dict[str, Any]]:
+    bodies = [order_body({"WIDGET": 1}, coordination=coordination) for _ in range(count)]
     with httpx.Client(base_url=api.url, timeout=30) as client:
         client.put("/inventory/WIDGET", json={"available": 1000, "price_cents": 900})
         for body in bodies:
@@ -72,14 +74,35 @@ def all_finish_once(
     return views
 
 
+def workflows_of(sql: psycopg.Connection[Any], views: list[dict[str, Any]]) -> list[str]:
+    """The DBOS workflows that carried these orders: each saga's, or each choreographed
+    order's event handlers."""
+    rows = sql.execute(
+        """SELECT saga_id FROM orders.orders WHERE order_id = ANY(%(ids)s)
+              AND coordination = 'orchestration'
+           UNION ALL
+           SELECT workflow_id FROM orders.deliveries WHERE order_id = ANY(%(ids)s)""",
+        {"ids": [view["order_id"] for view in views]},
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+# Split mode runs a choreographed order's event handlers on the workers, as it runs sagas.
+COORDINATIONS = pytest.mark.parametrize("coordination", ["orchestration", "choreography"])
+
+
+@COORDINATIONS
 def test_a_worker_that_never_comes_back_has_its_sagas_taken_over(
-    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+    processes: list[ServiceProcess],
+    service_db: str,
+    sql: psycopg.Connection[Any],
+    coordination: str,
 ) -> None:
     env = {"PARTICIPANT_LATENCY_MS": "300", "TAKEOVER_AFTER_SECONDS": "4"}
     api = spawn(processes, service_db, "api", **env)
     spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
     w2 = spawn(processes, service_db, "worker", EXECUTOR_ID="w2", **env)
-    bodies = place(api, 30)
+    bodies = place(api, 30, coordination)
     wait_until(lambda: {"w1", "w2"} <= set(pending_by_executor(sql)), "both workers running sagas")
     orphaned = pending_by_executor(sql)["w2"]
 
@@ -96,24 +119,29 @@ def test_a_worker_that_never_comes_back_has_its_sagas_taken_over(
     assert executors <= {"w1", "w2"}  # the API process ran nothing itself
 
 
+@COORDINATIONS
 def test_a_worker_restarted_with_its_id_resumes_its_own_sagas(
-    processes: list[ServiceProcess], service_db: str, sql: psycopg.Connection[Any]
+    processes: list[ServiceProcess],
+    service_db: str,
+    sql: psycopg.Connection[Any],
+    coordination: str,
 ) -> None:
     env = {"PARTICIPANT_LATENCY_MS": "300", "TAKEOVER_AFTER_SECONDS": "600"}
     api = spawn(processes, service_db, "api", **env)
     w1 = spawn(processes, service_db, "worker", EXECUTOR_ID="w1", **env)
-    bodies = place(api, 8)
+    bodies = place(api, 8, coordination)
     wait_until(lambda: "w1" in pending_by_executor(sql), "the worker running sagas")
 
     w1.kill()
     w1.start()
 
     views = all_finish_once(api, sql, bodies)
-    saga_ids = [view["saga_id"] for view in views]
+    carriers = workflows_of(sql, views)
     rows = sql.execute(
         "SELECT DISTINCT executor_id FROM dbos.workflow_status WHERE workflow_uuid = ANY(%s)",
-        (saga_ids,),
+        (carriers,),
     ).fetchall()
+    assert len(carriers) == len(views) * (1 if coordination == "orchestration" else 5)
     assert rows == [("w1",)]
 
 
