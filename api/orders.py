@@ -139,14 +139,14 @@ def _place(
             extra={"order_id": placement.order_id, "saga_id": placement.saga_id},
         )
     running = None
-    if placement.coordination == "orchestration" and (
-        placement.created or placement.state == "STARTED"
-    ):
+    if placement.created or placement.state == "STARTED":
         # Also on a retry: the first request may have died between storing and starting.
-        # (A choreographed order began in the transaction that stored it.)
-        running = db.within_wait(
-            lambda: order_fulfillment.start(placement.saga_id, placement.order)
-        )
+        if placement.coordination == "orchestration":
+            running = db.within_wait(
+                lambda: order_fulfillment.start(placement.saga_id, placement.order)
+            )
+        else:  # its OrderPlaced was stored with it; its first handler starts now
+            db.within_wait(lambda: choreography.begin(placement.saga_id, placement.order))
     return placement, running
 
 

@@ -70,12 +70,19 @@ class Ended:
     at: float  # epoch seconds, from the order row's updated_at (the database's clock)
 
 
+# A choreographed saga ends with its last event (the order service's OrderCompleted or
+# OrderFailed, one hop after the order row says COMPLETED or FAILED): the work it still does
+# then is part of its cost, so its end is that event's time.
+END_EVENTS = {"OrderCompleted": "COMPLETED", "OrderFailed": "FAILED"}
+
+
 @dataclass
 class Watcher:
-    """Tells when sagas end, by polling their order rows (one query for all of them), so that
-    clients need not poll the API and load it."""
+    """Tells when sagas end, by polling their order rows, or a choreographed saga's end
+    events (one query for all of them), so that clients need not poll the API and load it."""
 
     url: str
+    choreographed: bool = False
     ended: dict[str, Ended] = field(default_factory=dict)
     _waiting: dict[str, threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -97,15 +104,25 @@ class Watcher:
                     ids = list(self._waiting)
                 if not ids:
                     continue
-                rows = conn.execute(
-                    """SELECT order_id, state, extract(epoch FROM updated_at)::float8
-                         FROM orders.orders WHERE order_id = ANY(%s) AND state = ANY(%s)""",
-                    (ids, sorted(TERMINAL_STATES)),
-                ).fetchall()
+                rows = self._ended(conn, ids)
                 with self._lock:
                     for order_id, state, at in rows:
                         self.ended[order_id] = Ended(state, at)
                         self._waiting.pop(order_id).set()
+
+    def _ended(self, conn: psycopg.Connection[Any], ids: list[str]) -> list[tuple[Any, ...]]:
+        if self.choreographed:
+            rows = conn.execute(
+                """SELECT order_id, type, extract(epoch FROM at)::float8 FROM orders.events
+                    WHERE order_id = ANY(%s) AND type = ANY(%s)""",
+                (ids, sorted(END_EVENTS)),
+            ).fetchall()
+            return [(order_id, END_EVENTS[event], at) for order_id, event, at in rows]
+        return conn.execute(
+            """SELECT order_id, state, extract(epoch FROM updated_at)::float8
+                 FROM orders.orders WHERE order_id = ANY(%s) AND state = ANY(%s)""",
+            (ids, sorted(TERMINAL_STATES)),
+        ).fetchall()
 
     @contextmanager
     def running(self) -> Iterator["Watcher"]:
@@ -176,18 +193,20 @@ def saturate(
     warmup: float,
     seconds: float,
     progress: Progress,
+    coordination: str = "orchestration",
 ) -> dict[str, Any]:
     """Closed loop: `clients` clients each POST an order and wait until its saga ends, again
     and again. Measured over `seconds` after `warmup`: the cluster's capacity."""
+    choreographed = coordination == "choreography"
     sent: list[Sent] = []
     lock = threading.Lock()
     measure_from = time.time() + warmup
     measure_until = measure_from + seconds
-    with Watcher(url).running() as watcher, shared_client(cluster.api.url) as http:
+    with Watcher(url, choreographed).running() as watcher, shared_client(cluster.api.url) as http:
 
         def client() -> None:
             while time.time() < measure_until:
-                body = order_body(sku)
+                body = order_body(sku, coordination=coordination)
                 event = watcher.watch(body["order_id"])
                 one = post_order(http, body)
                 if one.status != 202 or not event.wait(timeout=120):

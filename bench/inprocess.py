@@ -7,7 +7,16 @@ BENCH_KIND picks what one "saga" is:
 - floor: DBOS's floor: a workflow of the same shape (four steps, each with its undo, in a
   try/except) whose steps do nothing;
 - plain: no durability: the order stored and the same four service operations
-  (services/*) called in plain Python, no DBOS, no journal.
+  (services/*) called in plain Python, no DBOS, no journal;
+- choreography: the order saga choreographed: the order stored with its OrderPlaced event
+  (as POST /orders does with "coordination": "choreography"), then waited for until its
+  last event (OrderCompleted) is written, by a watcher thread that looks for the end events
+  of every order in flight in one query every 20 ms (bench/cluster.py's Watcher).
+
+BENCH_ROUND_TRIPS=1 runs the process's database connections through a counting proxy
+(chaos/faultproxy.py, in this process) and adds the round trips per saga, by connection
+pool (app, DBOS), to the result: the proxy costs CPU, so only those figures of such a run
+mean anything.
 
 BENCH_LOG_FILE, if set, gets the service's log records (`runtime.logs`, in LOG_FORMAT from
 LOG_LEVEL up), as `make run` writes them to its standard error.
@@ -28,15 +37,17 @@ from typing import TypedDict, TypeVar, cast
 
 from dbos import DBOS, SetWorkflowID
 
+from bench.cluster import Watcher
 from bench.measure import CpuWindow, latency_ms
 from bench.orders import order_body
+from chaos.faultproxy import FaultProxy
 from orders import intake
 from orders.model import Order, idempotency_key
 from runtime import database, embedded, lifecycle, logs
 from runtime.migrate import migrate
 from runtime.settings import get_settings
 from services import inventory, notifications, payments, shipping
-from workflows import order_fulfillment
+from workflows import choreography, order_fulfillment
 
 SKU = os.environ.get("BENCH_SKU", "BENCH-ITEM")
 T = TypeVar("T")
@@ -90,6 +101,25 @@ def run_saga() -> str:
     return handle.get_result()["state"]
 
 
+_watcher: Watcher | None = None  # the choreography kind's
+
+
+def run_choreography() -> str:
+    assert _watcher is not None
+    body = order_body(SKU, coordination="choreography")
+    ended = _watcher.watch(body["order_id"])
+    with database.connection() as conn:
+        placement = intake.place(conn, body, None, begin_choreography)
+    choreography.begin(placement.saga_id, placement.order)  # as POST /orders does
+    if not ended.wait(timeout=120):
+        return f"order {body['order_id']} did not end within 120 s"
+    return _watcher.ended[body["order_id"]].state
+
+
+def begin_choreography(conn: database.Connection, placement: intake.Placement) -> None:
+    choreography.place(conn, placement.saga_id, placement.order)
+
+
 def run_floor() -> str:
     order = order_request()
     handle = DBOS.start_workflow(floor_saga, order, order_fulfillment.policy_now())
@@ -129,7 +159,12 @@ def once(action: Callable[[database.Connection], T]) -> T:
         return action(conn)
 
 
-KINDS: dict[str, Callable[[], str]] = {"saga": run_saga, "floor": run_floor, "plain": run_plain}
+KINDS: dict[str, Callable[[], str]] = {
+    "saga": run_saga,
+    "floor": run_floor,
+    "plain": run_plain,
+    "choreography": run_choreography,
+}
 
 
 def main() -> int:
@@ -139,6 +174,11 @@ def main() -> int:
     warmup = float(os.environ.get("BENCH_WARMUP_SECONDS", "3"))
     seconds = float(os.environ.get("BENCH_SECONDS", "20"))
     postmaster_pid = int(os.environ["BENCH_POSTMASTER_PID"])
+    proxy = None
+    if os.environ.get("BENCH_ROUND_TRIPS"):  # before the settings read DATABASE_URL
+        proxy = FaultProxy(os.environ["DATABASE_URL"]).start()
+        os.environ["DATABASE_URL"] = proxy.url_for(os.environ["DATABASE_URL"])
+        get_settings.cache_clear()  # read at import, before the URL was the proxy's
     settings = get_settings()
     log_file = os.environ.get("BENCH_LOG_FILE")
     if log_file:  # the service's logging, its records written to a file (not the progress)
@@ -150,6 +190,12 @@ def main() -> int:
         database.open_pool(url, settings.db_pool_size, settings.step_timeout_seconds)
     else:
         lifecycle.start(settings)
+    global _watcher
+    watching = None
+    if kind == "choreography":
+        _watcher = Watcher(settings.database_url or "", choreographed=True)
+        watching = _watcher.running()
+        watching.__enter__()
 
     latencies: list[float] = []
     failures: list[str] = []
@@ -176,10 +222,12 @@ def main() -> int:
         thread.start()
     time.sleep(max(0.0, measure_from - time.monotonic()))
     cpu = CpuWindow([os.getpid()], postmaster_pid).start()
+    trips_before = proxy.round_trips() if proxy is not None else None
     while time.monotonic() < measure_until:
         time.sleep(min(5.0, max(0.0, measure_until - time.monotonic())))
         print(f"  {kind}: {len(latencies)} sagas measured", file=sys.stderr, flush=True)
     app_cpu, db_cpu = cpu.stop()
+    trips_after = proxy.round_trips() if proxy is not None else None
     for thread in threads:
         thread.join(timeout=60)
     count = len(latencies)
@@ -196,10 +244,27 @@ def main() -> int:
         "db_cpu_ms_per_saga": round(db_cpu / max(count, 1) * 1000, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if trips_before is not None and trips_after is not None:
+        # Sagas ended in the window (those begun before it and ended in it too, as the
+        # round trips are all of the window's): a rate, as the CPU per saga is.
+        ended = max(count, 1)
+        trips = trips_after - trips_before
+        trips.pop("", None)  # the choreography watcher's (the bench's, not the saga's)
+        app, dbos = trips.pop(database.APP_NAME, 0), trips.pop("dbos_transact", 0)
+        result["round_trips_per_saga"] = {
+            "app": round(app / ended, 1),
+            "dbos": round(dbos / ended, 1),
+            "other": round(sum(trips.values()) / ended, 1),  # the lease's heartbeat, ...
+            "total": round((app + dbos + sum(trips.values())) / ended, 1),
+        }
+    if watching is not None:
+        watching.__exit__(None, None, None)
     if kind == "plain":
         database.close_pool()
     else:
         lifecycle.stop()
+    if proxy is not None:
+        proxy.stop()
     print(json.dumps(result), flush=True)
     return 0
 

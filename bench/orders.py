@@ -9,10 +9,12 @@ from typing import Any
 UNSERVED_COUNTRY = "AQ"
 
 
-def order_body(sku: str, *, failing: bool = False) -> dict[str, Any]:
+def order_body(
+    sku: str, *, failing: bool = False, coordination: str = "orchestration"
+) -> dict[str, Any]:
     """A new order (its own order_id) as `POST /orders` takes it; `failing`: one whose saga
-    compensates (create_shipment is refused)."""
-    return {
+    compensates (create_shipment is refused); `coordination`: how its saga is carried."""
+    body: dict[str, Any] = {
         "order_id": f"ord_bench_{uuid.uuid4().hex}",
         "customer_id": "bench",
         "customer_email": "bench@example.com",
@@ -26,3 +28,6 @@ def order_body(sku: str, *, failing: bool = False) -> dict[str, Any]:
             "country": UNSERVED_COUNTRY if failing else "US",
         },
     }
+    if coordination != "orchestration":
+        body["coordination"] = coordination
+    return body

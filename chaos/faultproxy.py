@@ -254,6 +254,8 @@ class FaultProxy:
         self._armed: list[Armed] = []
         self._partitioned = False
         self._counts: collections.Counter[str] = collections.Counter()
+        # Requests answered (each ReadyForQuery ends one round trip), by application_name.
+        self._round_trips: collections.Counter[str] = collections.Counter()
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -338,6 +340,13 @@ class FaultProxy:
         if not self._running:
             return collections.Counter(self._counts)
         return self._call(lambda: collections.Counter(self._counts))
+
+    def round_trips(self) -> collections.Counter[str]:
+        """A copy of the requests answered so far (round trips), by the client's
+        application_name (bench/inprocess.py counts a saga's with it)."""
+        if not self._running:
+            return collections.Counter(self._round_trips)
+        return self._call(lambda: collections.Counter(self._round_trips))
 
     # -- faults --------------------------------------------------------------------------
 
@@ -735,6 +744,7 @@ class FaultProxy:
                 if name == "application_name":
                     link.application_name = value
             elif piece.kind == "Z" and piece.body is not None and group is not None:
+                self._round_trips[link.application_name] += 1
                 link.groups.popleft()
                 if group.candidates:
                     struck = self._strike(group, piece.body[:1])

@@ -150,11 +150,13 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     # nobody subscribes to), oldest first.
     handlers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows(
-        """SELECT e.order_id, e.type, d.subscriber, d.workflow_id, w.status
+        """SELECT e.order_id, e.type, d.subscriber, d.workflow_id, w.status,
+                  e.at < now() - make_interval(secs => %s) AS past_grace
              FROM orders.events e
              LEFT JOIN orders.deliveries d ON d.event_seq = e.seq
              LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = d.workflow_id
-            ORDER BY e.seq"""
+            ORDER BY e.seq""",
+        (UNSTARTED_GRACE_SECONDS,),
     ):
         handlers[r["order_id"]].append(r)
     return {
@@ -235,7 +237,8 @@ def _check_events(report: Report, saga: dict[str, Any], handled: list[dict[str, 
     lost), never two handlers at once, and, once it has ended and no handler runs, its end
     event written. (Stuck handlers are found by _check_progress: the newest one carries it.)"""
     for row in handled:
-        if row["subscriber"] is not None and row["status"] is None:
+        # (a delivery is started just after its event commits, or by the sweep after a crash)
+        if row["subscriber"] is not None and row["status"] is None and row["past_grace"]:
             report.violation(
                 "lost", saga, f"{row['type']} was routed to {row['subscriber']}, which never got it"
             )

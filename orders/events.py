@@ -92,6 +92,8 @@ ORDER_CANCELLED = "OrderCancelled"
 ORDER_COMPLETED = "OrderCompleted"
 ORDER_FAILED = "OrderFailed"
 
+END_EVENTS = (ORDER_COMPLETED, ORDER_FAILED)  # a choreographed order's last event
+
 EMITTED_BY: dict[str, Service] = {
     ORDER_PLACED: "orders",
     ORDER_APPROVED: "orders",
@@ -188,63 +190,134 @@ def subscribers(event: str, payload: dict[str, Any], policy: dict[str, Any]) -> 
     return [r for r in ROUTES if r.event == event and r.when(payload, policy)]
 
 
+class Delivery(NamedTuple):
+    """One (event, subscriber): the workflow that handles it, and what that workflow gets."""
+
+    workflow_id: str
+    subscriber: str
+    reaction: str
+    event: dict[str, Any]  # type, by, payload
+
+    def arguments(self, carried: Carried) -> tuple[Any, ...]:
+        """The handler's arguments (workflows/choreography.handle_event)."""
+        return (
+            self.subscriber,
+            self.reaction,
+            self.event,
+            carried.order,
+            carried.policy,
+            carried.saga_id,
+        )
+
+
 def emit(
-    conn: Conn, carried: Carried, event: str, payload: dict[str, Any], app_version: str
+    conn: Conn,
+    carried: Carried,
+    event: str,
+    payload: dict[str, Any],
+    *,
+    caused_by: str | None,
+    enqueue_as: str | None = None,
 ) -> bool:
-    """Write the event and enqueue its handlers, in the caller's transaction (one statement).
-    False if the order had this event already: nothing is written or enqueued again."""
+    """Write the event and its deliveries, in the caller's transaction (one statement).
+    False if the order had this event already: nothing is written again.
+
+    `caused_by`: the handler emitting it (its workflow id), which then starts the handlers
+    (`successors`); None for the order service's own requests. With `enqueue_as` (an
+    application version), the same statement also enqueues the handlers on EVENT_QUEUE,
+    for a process that runs none itself (an API-only one)."""
     routes = subscribers(event, payload, carried.policy)
     by = EMITTED_BY[event]
-    order_id = carried.order["order_id"]
-    ids = [workflow_id(carried.saga_id, event, r.subscriber) for r in routes]
-    arguments = [
-        json.dumps(
-            [
-                r.subscriber,
-                r.reaction,
-                {"type": event, "by": by, "payload": payload},
-                carried.order,
-                carried.policy,
-                carried.saga_id,
-            ]
+    deliveries = [
+        Delivery(
+            workflow_id(carried.saga_id, event, r.subscriber),
+            r.subscriber,
+            r.reaction,
+            {"type": event, "by": by, "payload": payload},
         )
         for r in routes
     ]
     row = conn.execute(
         """WITH event AS (
-               INSERT INTO orders.events (order_id, type, by, payload)
-               VALUES (%(order_id)s, %(type)s, %(by)s, %(payload)s)
+               INSERT INTO orders.events (order_id, type, by, payload, caused_by)
+               VALUES (%(order_id)s, %(type)s, %(by)s, %(payload)s, %(caused_by)s)
                ON CONFLICT (order_id, type) DO NOTHING
                RETURNING seq),
            routed AS (
                SELECT * FROM unnest(%(ids)s::text[], %(subscribers)s::text[],
-                                    %(arguments)s::text[]) AS r(workflow_id, subscriber, args)),
+                                    %(reactions)s::text[], %(arguments)s::text[])
+                             AS r(workflow_id, subscriber, reaction, args)),
            delivered AS (
-               INSERT INTO orders.deliveries (workflow_id, order_id, event_seq, subscriber)
-               SELECT r.workflow_id, %(order_id)s, event.seq, r.subscriber FROM event, routed r
+               INSERT INTO orders.deliveries
+                      (workflow_id, order_id, event_seq, subscriber, reaction)
+               SELECT r.workflow_id, %(order_id)s, event.seq, r.subscriber, r.reaction
+                 FROM event, routed r
                RETURNING workflow_id),
            enqueued AS (
                SELECT dbos.enqueue_workflow(
                           workflow_name => %(workflow)s, queue_name => %(queue)s,
                           positional_args => ARRAY(SELECT json_array_elements(r.args::json)),
                           workflow_id => r.workflow_id, app_version => %(version)s)
-                 FROM routed r JOIN delivered d USING (workflow_id))
+                 FROM routed r JOIN delivered d USING (workflow_id)
+                WHERE %(version)s::text IS NOT NULL)
            SELECT (SELECT count(*) FROM event), (SELECT count(*) FROM enqueued)""",
         {
-            "order_id": order_id,
+            "order_id": carried.order["order_id"],
             "type": event,
             "by": by,
             "payload": Jsonb(payload),
-            "ids": ids,
-            "subscribers": [r.subscriber for r in routes],
-            "arguments": arguments,
+            "caused_by": caused_by,
+            "ids": [d.workflow_id for d in deliveries],
+            "subscribers": [d.subscriber for d in deliveries],
+            "reactions": [d.reaction for d in deliveries],
+            "arguments": [json.dumps(d.arguments(carried)) for d in deliveries],
             "workflow": HANDLER_WORKFLOW,
             "queue": EVENT_QUEUE,
-            "version": app_version,
+            "version": enqueue_as,
         },
     ).fetchone()
     assert row is not None
     return bool(row[0])
+
+
+_DELIVERY = """SELECT d.workflow_id, d.subscriber, d.reaction,
+                      jsonb_build_object('type', e.type, 'by', e.by, 'payload', e.payload)
+                 FROM orders.deliveries d JOIN orders.events e ON e.seq = d.event_seq"""
+
+
+def successors(conn: Conn, order_id: str, caused_by: str | None) -> list[Delivery]:
+    """The deliveries of the events that `caused_by` emitted for the order (committed ones
+    only, whatever a rolled-back attempt had written), in a fixed order: a replay of the
+    handler asks again and gets the same answer."""
+    rows = conn.execute(
+        _DELIVERY
+        + """ WHERE e.order_id = %s AND e.caused_by IS NOT DISTINCT FROM %s
+              ORDER BY d.event_seq, d.subscriber""",
+        (order_id, caused_by),
+    ).fetchall()
+    return [Delivery(*row) for row in rows]
+
+
+def unstarted(conn: Conn, min_age_seconds: float) -> list[tuple[Delivery, Carried]]:
+    """Deliveries at least `min_age_seconds` old whose workflow does not exist: the process
+    that was to start it died first (a handler that dies is recovered, and starts them
+    then; this finds those of the order service's requests). Each with what it carries,
+    from the order's row and its OrderPlaced (which holds the policy)."""
+    rows = conn.execute(
+        """SELECT o.saga_id, o.request, placed.payload -> 'policy',
+                  d.workflow_id, d.subscriber, d.reaction,
+                  jsonb_build_object('type', e.type, 'by', e.by, 'payload', e.payload)
+             FROM orders.deliveries d
+             JOIN orders.events e ON e.seq = d.event_seq
+             JOIN orders.orders o ON o.order_id = d.order_id
+             JOIN orders.events placed ON placed.order_id = d.order_id AND placed.type = %s
+            WHERE e.at <= clock_timestamp() - make_interval(secs => %s)
+              AND NOT EXISTS (SELECT 1 FROM dbos.workflow_status w
+                               WHERE w.workflow_uuid = d.workflow_id)
+            ORDER BY d.event_seq""",
+        (ORDER_PLACED, min_age_seconds),
+    ).fetchall()
+    return [(Delivery(*row[3:]), Carried(row[0], row[1], row[2])) for row in rows]
 
 
 def delivered(conn: Conn, workflow: str) -> bool:

@@ -62,11 +62,22 @@ def order_view(conn: Conn, order_id: str) -> dict[str, Any] | None:
 
 
 def has_ended(conn: Conn, order_id: str) -> bool:
-    """The saga reached COMPLETED or FAILED and its workflow has returned too."""
+    """The saga reached COMPLETED or FAILED and its workflow has returned too; for a
+    choreographed one, its end event (OrderCompleted, OrderFailed) is written and the
+    handler that wrote it has returned (the one before it made the order COMPLETED)."""
     row = conn.execute(
-        "SELECT state, dbos_status FROM saga_status WHERE order_id = %s", (order_id,)
+        """SELECT state, dbos_status, coordination = 'choreography', EXISTS (
+                      SELECT 1 FROM orders.events e
+                       WHERE e.order_id = v.order_id AND e.type = ANY(%s))
+             FROM saga_status v WHERE order_id = %s""",
+        (list(events.END_EVENTS), order_id),
     ).fetchone()
-    return row is not None and row[0] in TERMINAL_STATES and row[1] not in ("PENDING", "ENQUEUED")
+    if row is None:
+        return False
+    state, status, choreographed, end_written = row
+    if state not in TERMINAL_STATES or status in ("PENDING", "ENQUEUED"):
+        return False
+    return bool(end_written) and status is not None if choreographed else True
 
 
 SUMMARY_COLUMNS = (

@@ -10,7 +10,7 @@ from runtime import database, embedded, lease, seed, takeover, tracing
 from runtime.lease import ExecutorIdInUse, ExecutorLease
 from runtime.migrate import migrate
 from runtime.settings import Settings
-from workflows import choreography, order_fulfillment  # noqa: F401 (registers handle_event)
+from workflows import choreography, order_fulfillment
 
 __all__ = ["ExecutorIdInUse", "dbos_config", "start", "stop", "sweep"]
 
@@ -103,12 +103,12 @@ def start(settings: Settings) -> None:
         worker_concurrency=settings.worker_concurrency,
         polling_interval_sec=poll,
     )
-    # The handlers of choreographed orders' events, in every role that runs sagas: each hop
-    # from one service to the next waits for a poll (docs/CHOREOGRAPHY.md, "What it costs").
+    # Where API-only processes put the first handler of a choreographed order (every other
+    # handler is started by the one before it, with no queue): polled like SAGA_QUEUE.
     DBOS.register_queue(
         events.EVENT_QUEUE,
         worker_concurrency=settings.worker_concurrency,
-        polling_interval_sec=settings.event_poll_seconds,
+        polling_interval_sec=poll,
     )
     sweep()
     assert _lease is not None
@@ -208,5 +208,8 @@ def sweep(min_age_seconds: float = 0.0) -> None:
         order_fulfillment.start(saga_id, order)
     if orphans:
         log.info("started %d stored orders whose saga had never been created", len(orphans))
+    handlers = choreography.start_unstarted(min_age_seconds)
+    if handlers:
+        log.info("started %d event handlers that had never been started", handlers)
     for wake in wakes:
         order_fulfillment.wake(wake.workflow_id, wake.topic, wake.idempotency_key)

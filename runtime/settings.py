@@ -60,13 +60,6 @@ class Settings(BaseSettings):
         le=10,
         description="How often a worker looks for new sagas on the queue (their start delay)",
     )
-    event_poll_seconds: float = Field(
-        default=0.02,
-        gt=0,
-        le=10,
-        description="How often a worker looks for choreographed orders' events to handle "
-        "(the delay of each hop from one service to the next)",
-    )
     takeover_after_seconds: float = Field(
         default=15.0,
         ge=1,

@@ -132,10 +132,12 @@ def _run_once(
 ) -> _Tried:
     """One try. Run again from the top after a database outage: the journal and the
     services are idempotent. `context`: the step's log context, given its attempt number."""
-    with database.connection() as conn, events.atomic(conn):
+    with database.connection() as conn:
         start = journal.step_started(conn, order_id, kind, name, reason)
         if start.cancel is not None and kind == "forward":
             outcome = cancelled(start.cancel, may_have_acted=start.began_before)
+            # Not in the same transaction, and need not be: a cancel is never taken back,
+            # so a replay after a crash in between finds it again and announces it then.
             events.announce(conn, Recorded(outcome, start.cancel))
     if start.cancel is not None and kind == "forward":
         log.info("%s not run: the saga was cancelled", _title(kind, name))

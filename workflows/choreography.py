@@ -1,15 +1,19 @@
 """The choreographed saga: no workflow runs the order; each service reacts to the events it
 subscribes to (orders/events.py) and emits the next.
 
-Every handler is one DBOS workflow, `handle_event`, enqueued by the bus in the transaction
-that wrote its event, and doing one reaction. A stage's step and its undo are the very steps
-of the orchestrated saga (steps/), so an order's effects, idempotency keys, journal rows
-and retries are the same whichever style ran it. What a step's journal write records is
-announced in that write's transaction: a forward step's event (done, or failed when its
-service refused or a cancel stopped it) and a compensation's (undone) commit with it. The
-reactions that decide something themselves (a step that ran out of tries, the approval's
-end, the order's end) emit from the handler afterwards; a crash in between replays the
-handler, and the event, emitted again, changes nothing.
+Every handler is one DBOS workflow, `handle_event`, doing one reaction. Once its reaction is
+done, it starts the handlers of the events it emitted, as DBOS child workflows under the
+ids of their deliveries: DBOS records each start as a step of the handler, so a handler
+that dies before it has started them all is recovered and starts the rest, and none twice.
+
+A stage's step and its undo are the very steps of the orchestrated saga (steps/), so an
+order's effects, idempotency keys, journal rows and retries are the same whichever style
+ran it. What a step's journal write records is announced in that write's transaction: a
+forward step's event (done, or failed when its service refused or a cancel stopped it)
+and a compensation's (undone) commit with it. The reactions that decide something
+themselves (a step that ran out of tries, the approval's end, the order's end) emit from
+the handler afterwards; a crash in between replays the handler, and the event, emitted
+again, changes nothing.
 """
 
 import logging
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import psycopg
-from dbos import DBOS, PortableWorkflowError
+from dbos import DBOS, PortableWorkflowError, SetWorkflowID
 
 from orders import events
 from orders.events import Carried, Stage
@@ -31,6 +35,7 @@ from steps.payments import process_payment, refund_payment
 from steps.runner import Recorded
 from steps.saga import record_failure
 from steps.shipping import cancel_shipment, create_shipment
+from workflows import order_fulfillment
 from workflows.order_fulfillment import (
     SAGA_FAILURES,
     STEP_FAILURES_BY_NAME,
@@ -63,16 +68,19 @@ STAGE_OF_UNDO = {stage.undo: stage for stage in events.STAGES}
 class Handling:
     """One event being handled by one subscriber."""
 
-    def __init__(self, event: dict[str, Any], order: Order, policy: Policy, saga_id: str) -> None:
+    def __init__(
+        self, event: dict[str, Any], order: Order, policy: Policy, saga_id: str, workflow: str
+    ) -> None:
         self.event = event
         self.payload: dict[str, Any] = event["payload"]
         self.carried = Carried(saga_id, order, cast(dict[str, Any], policy))
         self.order = order
         self.policy = policy
+        self.workflow = workflow  # this handler's DBOS workflow id
 
     def emit(self, conn: psycopg.Connection[Any], event: str, **payload: Any) -> None:
         """Emit `event` of this order in `conn`'s transaction."""
-        if events.emit(conn, self.carried, event, payload, get_settings().application_version):
+        if events.emit(conn, self.carried, event, payload, caused_by=self.workflow):
             log.info("%s emitted", event)
 
     def emit_now(self, event: str, **payload: Any) -> None:
@@ -100,24 +108,39 @@ def handle_event(
     """`subscriber`'s `reaction` to `event` of the order: 'handled', or 'duplicate' if the
     bus did not deliver it to this workflow (someone started a handler again under another
     id): each event is handled once per subscriber."""
+    workflow = DBOS.workflow_id or ""
     with logs.saga(order["order_id"], saga_id):
-        if not _delivered(DBOS.workflow_id or ""):
+        if not _delivered(workflow):
             log.warning(
                 "%s of %s is not a delivery of the bus (already handled): ignored",
                 event["type"],
                 subscriber,
             )
             return "duplicate"
-        handling = Handling(event, order, policy, saga_id)
+        handling = Handling(event, order, policy, saga_id, workflow)
         log.info("%s: %s on %s", subscriber, reaction, event["type"])
         REACTIONS[reaction](handling, reaction)
+        start(_successors(order["order_id"], workflow), handling.carried)
         return "handled"
+
+
+def start(deliveries: list[events.Delivery], carried: Carried) -> None:
+    """Start the handlers of these deliveries (in a handler: as its children, each once)."""
+    for delivery in deliveries:
+        with SetWorkflowID(delivery.workflow_id):
+            DBOS.start_workflow(handle_event, *delivery.arguments(carried))
 
 
 @database.outlasting_outages
 def _delivered(workflow: str) -> bool:
     with database.connection() as conn:
         return events.delivered(conn, workflow)
+
+
+@database.outlasting_outages
+def _successors(order_id: str, workflow: str | None) -> list[events.Delivery]:
+    with database.connection() as conn:
+        return events.successors(conn, order_id, workflow)
 
 
 def _forward(h: Handling, reaction: str) -> None:
@@ -200,6 +223,48 @@ REACTIONS: dict[str, Callable[[Handling, str], None]] = {
 
 def place(conn: psycopg.Connection[Any], saga_id: str, order: Order) -> None:
     """Emit the order's OrderPlaced in `conn`'s transaction (the one storing the order),
-    with the policy it is placed under: its saga has begun."""
-    carried = Carried(saga_id, order, cast(dict[str, Any], policy_now()))
-    events.emit(conn, carried, events.ORDER_PLACED, {}, get_settings().application_version)
+    with the policy it is placed under: its saga has begun. A process that runs no saga
+    (PROCESS_ROLE=api) enqueues its handler for the workers in the same statement; any
+    other starts it once that transaction has committed (`begin`)."""
+    policy = cast(dict[str, Any], policy_now())
+    events.emit(
+        conn,
+        Carried(saga_id, order, policy),
+        events.ORDER_PLACED,
+        {"policy": policy},
+        caused_by=None,
+        enqueue_as=(
+            get_settings().application_version if order_fulfillment.enqueues_only() else None
+        ),
+    )
+
+
+def begin(saga_id: str, order: Order) -> None:
+    """Start the handlers of the order's OrderPlaced, stored and committed (nothing to do
+    where they were enqueued; a retried request starts none twice). A crash before this is
+    made good by the sweep (`start_unstarted`)."""
+    if order_fulfillment.enqueues_only():
+        return
+    with database.connection() as conn:
+        placed = events.successors(conn, order["order_id"], None)
+        policy = _placed_policy(conn, order["order_id"])
+    start(placed, Carried(saga_id, order, policy))
+
+
+def _placed_policy(conn: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT payload -> 'policy' FROM orders.events WHERE order_id = %s AND type = %s",
+        (order_id, events.ORDER_PLACED),
+    ).fetchone()
+    assert row is not None
+    return cast(dict[str, Any], row[0])
+
+
+def start_unstarted(min_age_seconds: float) -> int:
+    """Start every delivery whose handler was never started (its starter died first), at
+    least `min_age_seconds` old; how many."""
+    with database.connection() as conn:
+        found = events.unstarted(conn, min_age_seconds)
+    for delivery, carried in found:
+        start([delivery], carried)
+    return len(found)

@@ -192,6 +192,11 @@ def enqueue_only(client: DBOSClient | None) -> None:
     _client = client
 
 
+def enqueues_only() -> bool:
+    """This process runs no saga: it puts them on queues for the workers."""
+    return _client is not None
+
+
 def start(saga_id: str, order: Order) -> "Future[SagaResult] | None":
     """Start the order's saga in the background (here, or on the queue for the workers); a
     saga that already exists is left alone. When it runs in this process, the future of its

@@ -3,12 +3,15 @@
 - orders.orders.coordination: 'orchestration' (one DBOS workflow, the saga_id, runs the
   saga) or 'choreography' (the services react to each other's events).
 - orders.events: the bus. One row per event of an order, written in the same transaction as
-  the effect or decision it announces (orders/events.py). An order has each type of event at
-  most once: emitting it again (a replay after a crash) changes nothing.
-- orders.deliveries: one row per (event, subscriber) the event was routed to, with the id of
-  the DBOS workflow that handles it there, enqueued by the same statement (SQL
-  dbos.enqueue_workflow): the event and its handlers exist together or not at all, and the
-  primary keys make each handled once per subscriber.
+  the effect or decision it announces (orders/events.py), with the handler that emitted it
+  (`caused_by`, its DBOS workflow id; null for the order service's requests). An order has
+  each type of event at most once: emitting it again (a replay after a crash) changes
+  nothing.
+- orders.deliveries: one row per (event, subscriber) the event was routed to, written by
+  the same statement, with the reaction and the id of the DBOS workflow that handles it
+  there; the primary keys make each handled once per subscriber. The emitting handler
+  starts those workflows once its reaction is done (durably: as DBOS child workflows); an
+  API-only process enqueues them in the same statement instead (SQL dbos.enqueue_workflow).
 - saga_status: `coordination`, and `workflow_id`: the workflow that carries the order now,
   the saga_id for orchestration, the newest handler for choreography (an order has one live
   handler at a time: each handler starts the next). dbos_status, executor_id and the rest
@@ -78,6 +81,7 @@ def upgrade() -> None:
             by       text NOT NULL,
             payload  jsonb NOT NULL DEFAULT '{{}}',
             at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+            caused_by text,
             UNIQUE (order_id, type)
         );
         CREATE INDEX events_by_order ON orders.events (order_id, seq);
@@ -89,11 +93,12 @@ def upgrade() -> None:
             order_id    text NOT NULL REFERENCES orders.orders ON DELETE CASCADE,
             event_seq   bigint NOT NULL REFERENCES orders.events ON DELETE CASCADE,
             subscriber  text NOT NULL,
+            reaction    text NOT NULL,
             UNIQUE (event_seq, subscriber)
         );
         CREATE INDEX deliveries_by_order ON orders.deliveries (order_id, event_seq DESC);
         COMMENT ON TABLE orders.deliveries IS
-            'Each event''s subscribers, with the DBOS workflow (queue "events") handling it';
+            'Each event''s subscribers, with the DBOS workflow handling it there';
 
         CREATE OR REPLACE VIEW public.saga_status AS {VIEW_0007};
         {_0006.COMMENT}

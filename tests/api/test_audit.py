@@ -177,6 +177,10 @@ def test_an_event_whose_handler_never_came_is_lost(
                 WHERE d.order_id = %s AND e.type = 'PaymentCaptured')""",
         (choreographed["order_id"],),
     )
+    tx.execute(  # long enough ago for its handler to have been started, or swept
+        "UPDATE orders.events SET at = at - interval '2 minutes' WHERE order_id = %s",
+        (choreographed["order_id"],),
+    )
     (violation,) = about(tx, choreographed["order_id"])
     assert violation.startswith("lost: ")
     assert "PaymentCaptured was routed to shipping, which never got it" in violation
