@@ -297,13 +297,20 @@ def waited(
 
 
 def steady(
-    cluster: Cluster, url: str, sku: str, rate: float, seconds: float, progress: Progress
+    cluster: Cluster,
+    url: str,
+    sku: str,
+    rate: float,
+    seconds: float,
+    progress: Progress,
+    coordination: str = "orchestration",
 ) -> dict[str, Any]:
     """Open loop: POST orders at `rate` per second, on schedule whatever the answers, for
     `seconds`; then wait until every saga ended. POST and saga latencies at that load."""
     sent: list[Sent] = []
     lock = threading.Lock()
-    with Watcher(url).running() as watcher, shared_client(cluster.api.url) as http:
+    choreographed = coordination == "choreography"
+    with Watcher(url, choreographed).running() as watcher, shared_client(cluster.api.url) as http:
 
         def one(body: dict[str, Any]) -> None:
             result = post_order(http, body)
@@ -315,7 +322,7 @@ def steady(
             start = time.perf_counter()
             for n in range(total):
                 time.sleep(max(0.0, start + n / rate - time.perf_counter()))
-                body = order_body(sku)
+                body = order_body(sku, coordination=coordination)
                 watcher.watch(body["order_id"])
                 pool.submit(one, body)
                 if n and n % max(1, int(rate * 5)) == 0:

@@ -15,7 +15,11 @@ from bench.cluster import FAILING_EVERY
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 PACKAGES = ("dbos", "fastapi", "uvicorn", "psycopg", "sqlalchemy", "pydantic", "pgserver")
-IN_PROCESS = (("a_saga", "(a) order saga, in-process"), ("c_floor", "(c) DBOS floor, no-op steps"))
+IN_PROCESS = (
+    ("a_saga", "(a) order saga, in-process"),
+    ("a_choreography", "(a) order saga choreographed, in-process"),
+    ("c_floor", "(c) DBOS floor, no-op steps"),
+)
 PLAIN = ("d_plain", "(d) plain Python, no durability")
 SEEN = (
     ("f_all_off", "(f) order saga, METRICS=false, LOG_LEVEL=WARNING"),
@@ -25,6 +29,16 @@ SEEN = (
 HTTP = (
     ("b_http_1_worker", "(b) HTTP, API + 1 worker"),
     ("b_http_2_workers", "(b) HTTP, API + 2 workers"),
+)
+HTTP_CHOREOGRAPHY = (
+    ("b_http_1_worker_choreography", "(b) HTTP, API + 1 worker, choreographed"),
+    ("b_http_2_workers_choreography", "(b) HTTP, API + 2 workers, choreographed"),
+)
+# The two coordinations side by side: (orchestration, choreography, label).
+STYLES = (
+    ("a_saga", "a_choreography", "in-process"),
+    ("b_http_1_worker", "b_http_1_worker_choreography", "HTTP, 1 worker"),
+    ("b_http_2_workers", "b_http_2_workers_choreography", "HTTP, 2 workers"),
 )
 
 
@@ -166,6 +180,11 @@ def problems(results: dict[str, Any]) -> list[str]:
                 f"{name}: at half capacity, {half['unfinished']} sagas unfinished, "
                 f"{half['refused_posts']} POSTs refused"
             )
+    for name, counted in results.get("g_round_trips", {}).items():
+        if counted["failures"] or not counted["sagas"]:
+            found.append(
+                f"g_round_trips, {name}: {counted['sagas']} sagas, {counted['failures']} failed"
+            )
     recovery = results["recovery"]
     if recovery["audit_violations"] or set(recovery["final_states"]) != {"COMPLETED"}:
         found.append(f"recovery: {recovery['final_states']}, audit {recovery['audit_examples']}")
@@ -213,7 +232,7 @@ def table(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"| {label} | {r['sagas_per_second']:g} | {_pair(r['saga_latency'])} | - | "
             f"{r['app_cpu_ms_per_saga']:g} | {r['db_cpu_ms_per_saga']:g} | {r['peak_rss_mb']:g} |"
         )
-    for key, label in HTTP:
+    for key, label in (*HTTP, *HTTP_CHOREOGRAPHY):
         r = results[key]
         half = r["at_half_capacity"]
         lines.append(
@@ -238,6 +257,7 @@ def table(results: dict[str, Any], meta: dict[str, Any]) -> str:
         )
     recovery, waiting = results["recovery"], results["waiting"]
     calls = results["f_calls"]
+    lines += ["", *styles_table(results)]
     lines += [
         "",
         f"**Seeing it run, call by call** (bench/observe.py, best of 5 rounds): a step attempt "
@@ -283,6 +303,42 @@ def table(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{target['goal']} | {'yes' if target['met'] else '**no**'} |"
         )
     return "\n".join(lines)
+
+
+def styles_table(results: dict[str, Any]) -> list[str]:
+    """Orchestration and choreography side by side, from the same run."""
+    trips = results["g_round_trips"]
+    lines = [
+        "**Orchestration and choreography** (the same saga; choreography / orchestration "
+        "in brackets):",
+        "",
+        "| where | sagas/s | saga p50 ms | CPU ms/saga (app + PostgreSQL) |",
+        "|---|---:|---:|---:|",
+    ]
+    for plain, choreographed, label in STYLES:
+        a, b = results[plain], results[choreographed]
+        cpu_a = a["app_cpu_ms_per_saga"] + a["db_cpu_ms_per_saga"]
+        cpu_b = b["app_cpu_ms_per_saga"] + b["db_cpu_ms_per_saga"]
+        lines.append(
+            f"| {label} | {a['sagas_per_second']:g} / {b['sagas_per_second']:g} "
+            f"({_ratio(b['sagas_per_second'], a['sagas_per_second'])}) | "
+            f"{a['saga_latency']['p50_ms']:g} / {b['saga_latency']['p50_ms']:g} "
+            f"({_ratio(b['saga_latency']['p50_ms'], a['saga_latency']['p50_ms'])}) | "
+            f"{cpu_a:.1f} / {cpu_b:.1f} ({_ratio(cpu_b, cpu_a)}) |"
+        )
+    o, c = trips["orchestration"], trips["choreography"]
+    lines += [
+        "",
+        f"Round trips to PostgreSQL per saga, in-process (counted by a proxy; app pool + "
+        f"DBOS's): orchestration {o['app']:g} + {o['dbos']:g} = {o['total']:g}; "
+        f"choreography {c['app']:g} + {c['dbos']:g} = {c['total']:g} "
+        f"({_ratio(c['total'], o['total'])}).",
+    ]
+    return lines
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "-"
 
 
 def _pair(latency: dict[str, float]) -> str:

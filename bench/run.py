@@ -168,8 +168,8 @@ class Bench:
 
     # --- (b): over HTTP, an API process and workers ----------------------------------------
 
-    def over_http(self, workers: int) -> dict[str, Any]:
-        name = f"http, {workers} worker{'s' if workers > 1 else ''}"
+    def over_http(self, workers: int, coordination: str = "orchestration") -> dict[str, Any]:
+        name = f"http, {workers} worker{'s' if workers > 1 else ''}, {coordination}"
         group = Cluster(self.url, workers, self.base_env)
         group.start()
         try:
@@ -182,6 +182,7 @@ class Bench:
                 self.config.warmup,
                 self.config.seconds,
                 progress_for(name),
+                coordination,
             )
             progress_for(name)(
                 f"capacity {capacity['sagas_per_second']} sagas/s; now at half of it"
@@ -193,12 +194,14 @@ class Bench:
                 capacity["sagas_per_second"] / 2,
                 max(self.config.seconds / 2, 2.0),
                 progress_for(name),
+                coordination,
             )
             peak = group.peak_rss_mb()
         finally:
             group.stop()
         return {
             "workers": workers,
+            "coordination": coordination,
             **capacity,
             "peak_rss_mb": peak,
             "at_half_capacity": half,
@@ -427,6 +430,7 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
         observed = {"LOG_LEVEL": "INFO", "LOG_FORMAT": "json"}
         in_process: tuple[tuple[str, str, dict[str, str]], ...] = (
             ("saga", "a_saga", {}),
+            ("choreography", "a_choreography", {}),
             ("floor", "c_floor", {}),
             ("plain", "d_plain", {}),
             ("saga", "f_all_off", {"METRICS": "false"}),
@@ -463,16 +467,30 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
                     for r in rounds[name]
                 ],
             }
+        # Round trips to PostgreSQL per saga, counted by a proxy in the measured process
+        # (which it slows down: only the counts of these runs stand).
+        results["g_round_trips"] = {}
+        for kind, name in (("saga", "orchestration"), ("choreography", "choreography")):
+            say(f"g_round_trips: {name}, through a counting proxy")
+            bench.use_database(f"g_round_trips_{name}")
+            counted = bench.in_process(kind, {"BENCH_ROUND_TRIPS": "1"})
+            results["g_round_trips"][name] = {
+                **counted["round_trips_per_saga"],
+                "sagas": counted["sagas"],
+                "failures": counted["failures"],
+            }
+            say(f"g_round_trips: {name}: {counted['round_trips_per_saga']}")
         say("f_calls: what each metric and log call costs")
         results["f_calls"] = bench.observe_calls()
         results["f_traced"]["trace_batches_received"] = sink.batches
         results["f_traced"]["trace_bytes_received"] = sink.bytes
-        for workers in (1, 2):
-            name = f"b_http_{workers}_worker{'s' if workers > 1 else ''}"
-            say(f"{name}: over HTTP, 1 API process and {workers} worker(s)")
-            bench.use_database(name)
-            results[name] = bench.over_http(workers)
-            say(f"{name}: {results[name]['sagas_per_second']} sagas/s")
+        for coordination, suffix in (("orchestration", ""), ("choreography", "_choreography")):
+            for workers in (1, 2):
+                name = f"b_http_{workers}_worker{'s' if workers > 1 else ''}{suffix}"
+                say(f"{name}: over HTTP, 1 API process and {workers} worker(s), {coordination}")
+                bench.use_database(name)
+                results[name] = bench.over_http(workers, coordination)
+                say(f"{name}: {results[name]['sagas_per_second']} sagas/s")
         say("e_make_run: `make run`, clients POSTing with ?wait=")
         bench.use_database("e_make_run")
         results["e_make_run"] = bench.made_run()

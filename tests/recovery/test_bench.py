@@ -11,7 +11,9 @@ from pathlib import Path
 from chaos.service import ROOT
 
 SEEN = ("f_all_off", "f_metrics_logs", "f_traced")  # what seeing it run costs
-MEASURES = ("a_saga", "c_floor", "d_plain", *SEEN, "b_http_1_worker", "b_http_2_workers")
+HTTP = ("b_http_1_worker", "b_http_2_workers")
+HTTP_CHOREOGRAPHY = ("b_http_1_worker_choreography", "b_http_2_workers_choreography")
+MEASURES = ("a_saga", "a_choreography", "c_floor", "d_plain", *SEEN, *HTTP, *HTTP_CHOREOGRAPHY)
 
 
 def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path: Path) -> None:
@@ -36,7 +38,15 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
     results = {
         path.stem: json.loads(path.read_text()) for path in (tmp_path / "results").glob("*.json")
     }
-    assert set(results) == {*MEASURES, "f_calls", "e_make_run", "recovery", "waiting", "summary"}
+    assert set(results) == {
+        *MEASURES,
+        "f_calls",
+        "g_round_trips",
+        "e_make_run",
+        "recovery",
+        "waiting",
+        "summary",
+    }
     for name in MEASURES:
         measure = results[name][name]
         assert measure["sagas"] > 0, measure
@@ -44,7 +54,15 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
         assert measure["saga_latency"]["p99_ms"] >= measure["saga_latency"]["p50_ms"] > 0
         assert measure["app_cpu_ms_per_saga"] > 0
         assert measure["peak_rss_mb"] > 0
-    for name in ("b_http_1_worker", "b_http_2_workers"):
+    trips = results["g_round_trips"]["g_round_trips"]
+    for coordination in ("orchestration", "choreography"):
+        counted = trips[coordination]
+        assert counted["sagas"] > 0, counted
+        assert counted["failures"] == 0, counted
+        assert counted["total"] >= counted["app"] + counted["dbos"] > 0, counted
+    # A choreographed saga is six workflows where an orchestrated one is one.
+    assert trips["choreography"]["dbos"] > trips["orchestration"]["dbos"]
+    for name in (*HTTP, *HTTP_CHOREOGRAPHY):
         half = results[name][name]["at_half_capacity"]
         assert half["unfinished"] == 0, half
         assert half["refused_posts"] == 0, half
