@@ -17,11 +17,11 @@ from tests.support.orders import (
 
 
 def big_order(
-    style: dict[str, str], api: httpx.Client, stock: Callable[..., str], **fields: Any
+    api: httpx.Client, stock: Callable[..., str], style: dict[str, str] | None = None, **fields: Any
 ) -> dict[str, Any]:
     """A 2 x 50000 = 100000-cent order (exactly the threshold), placed; its body."""
     sku = stock(5, price_cents=50_000)
-    body = order_body({sku: 2}, **fields, **style)
+    body = order_body({sku: 2}, **fields, **(style or {}))
     assert api.post("/orders", json=body).status_code == 202
     return body
 
@@ -33,7 +33,7 @@ def sku_of(body: dict[str, Any]) -> str:
 def test_an_order_at_the_threshold_waits_then_goes_on_when_approved(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(style, api, stock)
+    body = big_order(api, stock, style)
 
     waiting = wait_for_state(api, body["order_id"], "AWAITING_APPROVAL")
     charged_while_waiting = effects(db, body["order_id"])["payments"]
@@ -65,7 +65,7 @@ def test_an_order_below_the_threshold_does_not_wait(
 def test_a_rejected_order_releases_its_reservation(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(style, api, stock)
+    body = big_order(api, stock, style)
     wait_for_state(api, body["order_id"], "AWAITING_APPROVAL")
 
     assert api.post(f"/orders/{body['order_id']}/reject").status_code == 202
@@ -81,7 +81,7 @@ def test_a_rejected_order_releases_its_reservation(
 def test_an_order_nobody_approves_in_time_is_undone_and_cannot_be_approved_after(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(style, api, stock)
+    body = big_order(api, stock, style)
 
     view = api.post("/orders", json=body, params={"wait": 30}).json()
     late = api.post(f"/orders/{body['order_id']}/approve")
@@ -98,7 +98,7 @@ def test_an_order_nobody_approves_in_time_is_undone_and_cannot_be_approved_after
 def test_deciding_twice_is_harmless_and_answered_clearly(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(style, api, stock)
+    body = big_order(api, stock, style)
     order_id = body["order_id"]
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
 
@@ -129,7 +129,7 @@ def test_only_a_waiting_order_can_be_approved(
 def test_a_decision_after_the_deadline_shown_is_refused(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    body = big_order(style, api, stock)
+    body = big_order(api, stock, style)
     order_id = body["order_id"]
     wait_for_state(api, order_id, "AWAITING_APPROVAL")
     db.execute(  # as if the saga's own timer ran late (a crash just as it began waiting)

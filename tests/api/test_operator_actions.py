@@ -26,7 +26,7 @@ ACTION_KEYS = {"action", "at", "by", "reason"}
 ATTEMPT_KEYS = {"attempt", "started_at", "finished_at", "outcome", "error"}
 SUMMARY_KEYS = {
     "order_id", "saga_id", "state", "total_cents", "error", "current_step", "customer_id",
-    "needs_attention", "attention_reason", "created_at", "updated_at",
+    "needs_attention", "attention_reason", "coordination", "created_at", "updated_at",
 }  # fmt: skip
 REFUND_DOWN = "ServiceUnavailable: refund_payment: service unreachable (fault switch is on)"
 COMPENSATION_ATTEMPTS = 4  # tests/support/knobs.py

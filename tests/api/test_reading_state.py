@@ -44,7 +44,7 @@ def test_orders_are_listed_newest_first_and_filtered_by_state(
     assert [o["order_id"] for o in newest] == [failed["order_id"], done["order_id"]]
     assert set(newest[0]) == {
         "order_id", "saga_id", "state", "total_cents", "error", "current_step", "customer_id",
-        "needs_attention", "attention_reason", "created_at", "updated_at"
+        "needs_attention", "attention_reason", "coordination", "created_at", "updated_at"
     }  # fmt: skip
     assert {o["state"] for o in only_failed} == {"FAILED"}
     assert failed["order_id"] in {o["order_id"] for o in only_failed}

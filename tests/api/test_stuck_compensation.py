@@ -22,11 +22,11 @@ AQ = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "AQ
 
 
 def park_an_order(
-    style: dict[str, str], api: httpx.Client, stock: Callable[..., str]
+    api: httpx.Client, stock: Callable[..., str], style: dict[str, str] | None = None
 ) -> tuple[str, dict[str, Any]]:
     """An order whose refund cannot get through: (sku, body), parked."""
     sku = stock(5)
-    body = order_body({sku: 2}, shipping_address=AQ, **style)
+    body = order_body({sku: 2}, shipping_address=AQ, **(style or {}))
     api.put("/faults/refund_payment", json={"down": True}).raise_for_status()
     api.post("/orders", json=body).raise_for_status()
     wait_for_state(api, body["order_id"], "COMPENSATION_FAILED")
@@ -37,7 +37,7 @@ def park_an_order(
 def test_a_stuck_compensation_parks_the_saga_with_nothing_forgotten(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    sku, body = park_an_order(style, api, stock)
+    sku, body = park_an_order(api, stock, style)
     order_id = body["order_id"]
 
     view = api.get(f"/orders/{order_id}").json()
@@ -67,7 +67,7 @@ def test_a_stuck_compensation_parks_the_saga_with_nothing_forgotten(
 def test_a_retry_while_still_broken_parks_again_and_a_retry_after_repair_finishes(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    sku, body = park_an_order(style, api, stock)
+    sku, body = park_an_order(api, stock, style)
     order_id = body["order_id"]
 
     assert api.post(f"/orders/{order_id}/retry-compensation").status_code == 202
@@ -89,7 +89,7 @@ def test_a_retry_while_still_broken_parks_again_and_a_retry_after_repair_finishe
 def test_only_cancel_is_accepted_while_parked_and_it_changes_nothing(
     style: dict[str, str], api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
 ) -> None:
-    _, body = park_an_order(style, api, stock)
+    _, body = park_an_order(api, stock, style)
     order_id = body["order_id"]
 
     answers = [api.post(f"/orders/{order_id}/{verb}").status_code for verb in ("approve", "reject")]
