@@ -356,3 +356,28 @@ def test_an_order_whose_first_handler_was_never_started_is_started_by_the_sweep(
 def view_of(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     view: dict[str, Any] = api.get(f"/orders/{body['order_id']}").json()
     return view
+
+
+def test_a_choreographed_saga_is_counted_in_the_metrics_as_an_orchestrated_one(
+    api: httpx.Client, live_url: str, stock: Callable[..., str]
+) -> None:
+    from tests.support.scrape import moved, scrape
+
+    before = scrape(live_url)
+    view = place_and_wait(api, order_body({stock(5): 1}, **CHOREOGRAPHY))
+    wait_for_handlers_of(api, view)
+    after = scrape(live_url)
+
+    changes = moved(before, after, ("saga_",))
+    # (at least: sagas of other modules may still be finishing in this process meanwhile)
+    assert changes.get("saga_started_total{}", 0) >= 1
+    assert changes.get("saga_finished_total{state=COMPLETED}", 0) >= 1
+    for step in ("reserve_inventory", "process_payment", "create_shipment", "send_confirmation"):
+        assert changes.get(f"saga_step_attempts_total{{result=ok,step={step}}}", 0) >= 1
+        assert changes.get(f"saga_step_duration_seconds_count{{step={step}}}", 0) >= 1
+
+
+def wait_for_handlers_of(api: httpx.Client, view: dict[str, Any]) -> None:
+    deadline = time.monotonic() + 20
+    while view_of(api, view)["dbos_status"] != "SUCCESS" and time.monotonic() < deadline:
+        time.sleep(0.05)
