@@ -16,6 +16,11 @@ from tests.support.process import ServiceProcess
 AQ = {"name": "A", "line1": "1", "city": "C", "postal_code": "1", "country": "AQ"}
 
 
+# These run for both coordinations: an orchestrated saga's waits, or a choreographed
+# order's handlers waiting (the order service's approval wait, a parked compensation).
+COORDINATIONS = pytest.mark.parametrize("coordination", ["orchestration", "choreography"])
+
+
 def place(service: ServiceProcess, price_cents: int, **fields: Any) -> dict[str, Any]:
     with httpx.Client(base_url=service.url) as client:
         client.put("/inventory/WIDGET", json={"available": 5, "price_cents": price_cents})
@@ -32,11 +37,12 @@ def saga_row(sql: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
     return dict(zip(names, row, strict=True))
 
 
+@COORDINATIONS
 def test_a_restart_during_the_approval_wait_keeps_the_original_deadline(
-    service: ServiceProcess, sql: psycopg.Connection[Any]
+    service: ServiceProcess, sql: psycopg.Connection[Any], coordination: str
 ) -> None:
     service.start(APPROVAL_TIMEOUT_SECONDS="10")
-    body = place(service, price_cents=60_000)
+    body = place(service, price_cents=60_000, coordination=coordination)
     awaiting = "SELECT approval_deadline FROM orders.orders WHERE order_id = %s AND state = %s"
     args = (body["order_id"], "AWAITING_APPROVAL")
     wait_until(lambda: sql.execute(awaiting, args).fetchone() is not None, "awaiting approval")
@@ -57,11 +63,12 @@ def test_a_restart_during_the_approval_wait_keeps_the_original_deadline(
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
 
 
+@COORDINATIONS
 def test_an_approval_after_a_restart_reaches_the_waiting_saga(
-    service: ServiceProcess, sql: psycopg.Connection[Any]
+    service: ServiceProcess, sql: psycopg.Connection[Any], coordination: str
 ) -> None:
     service.start()
-    body = place(service, price_cents=60_000)
+    body = place(service, price_cents=60_000, coordination=coordination)
     wait_until(lambda: saga_row(sql, body["order_id"])["state"] == "AWAITING_APPROVAL", "awaiting")
 
     service.kill()
@@ -75,12 +82,13 @@ def test_an_approval_after_a_restart_reaches_the_waiting_saga(
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
 
 
+@COORDINATIONS
 def test_a_saga_parked_across_a_kill_is_still_parked_and_still_retryable(
-    service: ServiceProcess, sql: psycopg.Connection[Any]
+    service: ServiceProcess, sql: psycopg.Connection[Any], coordination: str
 ) -> None:
     service.start(COMPENSATION_ATTEMPTS="2")
     httpx.put(f"{service.url}/faults/refund_payment", json={"down": True}).raise_for_status()
-    body = place(service, price_cents=1000, shipping_address=AQ)
+    body = place(service, price_cents=1000, shipping_address=AQ, coordination=coordination)
     parked = lambda: saga_row(sql, body["order_id"])["state"] == "COMPENSATION_FAILED"  # noqa: E731
     wait_until(parked, "parked")
 
@@ -106,20 +114,21 @@ def test_a_saga_parked_across_a_kill_is_still_parked_and_still_retryable(
     assert_nothing_lost(sql, view, {"WIDGET": 5}, {"WIDGET": 2})
 
 
+@COORDINATIONS
 def test_a_restart_between_tries_of_a_failing_compensation_goes_on_counting(
-    service: ServiceProcess, sql: psycopg.Connection[Any]
+    service: ServiceProcess, sql: psycopg.Connection[Any], coordination: str
 ) -> None:
     settings = {"COMPENSATION_ATTEMPTS": "3", "RETRY_BACKOFF_SECONDS": "2"}
     service.start(**settings)
     httpx.put(f"{service.url}/faults/refund_payment", json={"down": True}).raise_for_status()
-    body = place(service, price_cents=1000, shipping_address=AQ)
+    body = place(service, price_cents=1000, shipping_address=AQ, coordination=coordination)
     first_try_failed = "SELECT 1 FROM orders.saga_steps WHERE order_id = %s AND name = %s AND status = 'failed' AND attempts = 1"  # noqa: E501
     args = (body["order_id"], "refund_payment")
     wait_until(lambda: sql.execute(first_try_failed, args).fetchone() is not None, "a failed try")
     # ... and checkpointed by DBOS (a kill before that would run the same try again).
-    checkpointed = """SELECT 1 FROM dbos.operation_outputs op JOIN orders.orders o
-                        ON o.saga_id = op.workflow_uuid
-                       WHERE o.order_id = %s AND op.function_name = %s AND op.error IS NOT NULL"""
+    checkpointed = """SELECT 1 FROM dbos.operation_outputs op JOIN saga_status v
+                        ON v.workflow_id = op.workflow_uuid
+                       WHERE v.order_id = %s AND op.function_name = %s AND op.error IS NOT NULL"""
     wait_until(lambda: sql.execute(checkpointed, args).fetchone() is not None, "checkpointed")
 
     service.kill()  # during the durable 2 s wait before the second try
@@ -173,14 +182,19 @@ def _recorded(sql: psycopg.Connection[Any], order_id: str) -> list[str]:
     return [name for (name,) in rows]
 
 
+@COORDINATIONS
 @pytest.mark.parametrize("request_kind", ["approve", "cancel"])
 def test_a_request_whose_wake_up_was_lost_in_a_crash_reaches_the_saga_on_restart(
-    service: ServiceProcess, service_db: str, sql: psycopg.Connection[Any], request_kind: str
+    service: ServiceProcess,
+    service_db: str,
+    sql: psycopg.Connection[Any],
+    request_kind: str,
+    coordination: str,
 ) -> None:
     from orders import control
 
     service.start()
-    body = place(service, price_cents=60_000)
+    body = place(service, price_cents=60_000, coordination=coordination)
     wait_until(lambda: saga_row(sql, body["order_id"])["state"] == "AWAITING_APPROVAL", "awaiting")
     service.kill()
     # What the API leaves if it dies after settling the request, before waking the saga.
