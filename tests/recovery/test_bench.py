@@ -60,7 +60,7 @@ def test_the_quick_benchmark_runs_every_measure_and_writes_its_results(tmp_path:
         assert counted["sagas"] > 0, counted
         assert counted["failures"] == 0, counted
         assert counted["total"] >= counted["app"] + counted["dbos"] > 0, counted
-    # A choreographed saga is six workflows where an orchestrated one is one.
+    # A completed choreographed saga is five workflows where an orchestrated one is one.
     assert trips["choreography"]["dbos"] > trips["orchestration"]["dbos"]
     for name in (*HTTP, *HTTP_CHOREOGRAPHY):
         half = results[name][name]["at_half_capacity"]
