@@ -218,6 +218,7 @@ def emit(
     *,
     caused_by: str | None,
     enqueue_as: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> bool:
     """Write the event and its deliveries, in the caller's transaction (one statement).
     False if the order had this event already: nothing is written again.
@@ -225,7 +226,8 @@ def emit(
     `caused_by`: the handler emitting it (its workflow id), which then starts the handlers
     (`successors`); None for the order service's own requests. With `enqueue_as` (an
     application version), the same statement also enqueues the handlers on EVENT_QUEUE,
-    for a process that runs none itself (an API-only one)."""
+    for a process that runs none itself (an API-only one), on the trace `trace` (a W3C
+    carrier, as DBOS keeps it with a workflow) if given."""
     routes = subscribers(event, payload, carried.policy)
     by = EMITTED_BY[event]
     deliveries = [
@@ -277,7 +279,20 @@ def emit(
         },
     ).fetchone()
     assert row is not None
+    if trace is not None and row[1]:
+        # What DBOS's own enqueue options record (`otel_context`): the worker continues
+        # the trace. (A second statement: the first cannot see the rows it enqueued.)
+        conn.execute(
+            """UPDATE dbos.workflow_status
+                  SET attributes = coalesce(attributes, '{}')
+                                   || jsonb_build_object(%s::text, %s::jsonb)
+                WHERE workflow_uuid = ANY(%s)""",
+            (TRACE_ATTRIBUTE, Jsonb(trace), [d.workflow_id for d in deliveries]),
+        )
     return bool(row[0])
+
+
+TRACE_ATTRIBUTE = "dbos.otelContext"  # dbos._context.OTEL_CARRIER_ATTRIBUTE
 
 
 _DELIVERY = """SELECT d.workflow_id, d.subscriber, d.reaction,

@@ -85,6 +85,19 @@ def propagated() -> AbstractContextManager[Any]:
     return PropagateOtelContext()
 
 
+def carrier() -> dict[str, str] | None:
+    """The caller's W3C trace context as DBOS stores it with a workflow (its attribute
+    `dbos.otelContext`), for a workflow enqueued in SQL; None when tracing is off or there
+    is no trace here."""
+    if _provider is None:
+        return None
+    from opentelemetry.propagate import inject
+
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers or None
+
+
 def current_context() -> "Context | None":
     """The caller's trace context, for an enqueue through DBOSClient to carry (its option
     `otel_context`); None when tracing is off."""

@@ -26,7 +26,7 @@ from dbos import DBOS, PortableWorkflowError, SetWorkflowID
 from orders import events
 from orders.events import Carried, Stage
 from orders.model import Order
-from runtime import database, logs
+from runtime import database, logs, tracing
 from runtime.settings import get_settings
 from services.outcomes import Outcome, is_refused
 from steps.inventory import release_reservation, reserve_inventory
@@ -125,9 +125,11 @@ def handle_event(
 
 
 def start(deliveries: list[events.Delivery], carried: Carried) -> None:
-    """Start the handlers of these deliveries (in a handler: as its children, each once)."""
+    """Start the handlers of these deliveries (in a handler: as its children, each once),
+    on the caller's trace when tracing is on (DBOS does not pass it to children by itself):
+    one trace per order, from POST /orders through every handler."""
     for delivery in deliveries:
-        with SetWorkflowID(delivery.workflow_id):
+        with SetWorkflowID(delivery.workflow_id), tracing.propagated():
             DBOS.start_workflow(handle_event, *delivery.arguments(carried))
 
 
@@ -236,6 +238,7 @@ def place(conn: psycopg.Connection[Any], saga_id: str, order: Order) -> None:
         enqueue_as=(
             get_settings().application_version if order_fulfillment.enqueues_only() else None
         ),
+        trace=tracing.carrier() if order_fulfillment.enqueues_only() else None,
     )
 
 

@@ -337,3 +337,59 @@ def test_split_mode_one_trace_across_the_api_process_and_the_worker(
     finally:
         api.stop()
         worker.stop()
+
+
+def choreographed_trace(spans: list[Span]) -> bool:
+    """A choreographed order's trace is all there: the POST, each of its five handlers and
+    every step, each one's parent in the trace."""
+    names = [span.name for span in spans]
+    ids = {span.span_id for span in spans}
+    return (
+        names.count("handle_event") == 5
+        and {"POST /orders", *FORWARD_STEPS} <= set(names)
+        and all(s.parent_id in ids for s in spans if s.name != "POST /orders")
+    )
+
+
+def assert_one_chain(spans: list[Span]) -> None:
+    """Each handler hangs under the one that started it (the first under the POST), and
+    each step under its handler."""
+    by_id = {span.span_id: span for span in spans}
+    handlers = [s for s in spans if s.name == "handle_event"]
+    roots = [h for h in handlers if by_id[h.parent_id].name != "handle_event"]
+    assert len(roots) == 1  # the first, under the POST's server span
+    parent = by_id[roots[0].parent_id]
+    while parent.name != "POST /orders":
+        parent = by_id[parent.parent_id]
+    for step in FORWARD_STEPS:
+        (span,) = [s for s in spans if s.name == step]
+        assert by_id[span.parent_id].name == "handle_event", step
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["make-run", "split-mode"])
+def test_one_trace_per_choreographed_order_through_every_handler(
+    service: ServiceProcess, service_db: str, receiver: Receiver, split: bool
+) -> None:
+    processes: list[ServiceProcess] = []
+    if split:
+        processes = [
+            ServiceProcess(service_db, PROCESS_ROLE="api", **COMMON),
+            ServiceProcess(service_db, PROCESS_ROLE="worker", EXECUTOR_ID="w1", **COMMON),
+        ]
+    entry = processes[0] if split else service
+    try:
+        for process in processes or [service]:
+            process.start(**traced(receiver))
+        with httpx.Client(base_url=entry.url, timeout=30) as client:
+            client.put("/inventory/WIDGET", json={"available": 5, "price_cents": 1500})
+            view = placed(client, order_body({"WIDGET": 1}, coordination="choreography"))
+        assert view["state"] == "COMPLETED"
+        assert len(view["trace_id"] or "") == 32, view["trace_id"]
+        spans = receiver.wait_for(view["trace_id"], choreographed_trace)
+    finally:
+        for process in processes:
+            process.stop()
+
+    assert_one_chain(spans)
+    if split:  # the POST's span is the API process's; every handler's, the worker's
+        assert {s.service for s in spans if s.name == "handle_event"} == {"saga-under-test"}
