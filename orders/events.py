@@ -335,13 +335,6 @@ def unstarted(conn: Conn, min_age_seconds: float) -> list[tuple[Delivery, Carrie
     return [(Delivery(*row[3:]), Carried(row[0], row[1], row[2])) for row in rows]
 
 
-def delivered(conn: Conn, workflow: str) -> bool:
-    """The bus delivered an event to the handler running as `workflow` (else that handler is
-    a duplicate: someone started it again under another id)."""
-    found = conn.execute("SELECT 1 FROM orders.deliveries WHERE workflow_id = %s", (workflow,))
-    return found.fetchone() is not None
-
-
 def of_order(conn: Conn, order_id: str) -> list[dict[str, Any]]:
     """The order's events in the order they happened: type, time, emitter."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -105,14 +105,14 @@ def handle_event(
     policy: Policy,
     saga_id: str,
 ) -> str:
-    """`subscriber`'s `reaction` to `event` of the order: 'handled', or 'duplicate' if the
-    bus did not deliver it to this workflow (someone started a handler again under another
-    id): each event is handled once per subscriber."""
+    """`subscriber`'s `reaction` to `event` of the order: 'handled', or 'duplicate' if this
+    workflow is not the one the bus delivers the event to (someone started a handler again
+    under another id; DBOS runs one id once): each event is handled once per subscriber."""
     workflow = DBOS.workflow_id or ""
     with logs.saga(order["order_id"], saga_id):
-        if not _delivered(workflow):
+        if workflow != events.workflow_id(saga_id, event["type"], subscriber):
             log.warning(
-                "%s of %s is not a delivery of the bus (already handled): ignored",
+                "%s of %s runs under another id than its delivery's (a duplicate): ignored",
                 event["type"],
                 subscriber,
             )
@@ -131,12 +131,6 @@ def start(deliveries: list[events.Delivery], carried: Carried) -> None:
     for delivery in deliveries:
         with SetWorkflowID(delivery.workflow_id), tracing.propagated():
             DBOS.start_workflow(handle_event, *delivery.arguments(carried))
-
-
-@database.outlasting_outages
-def _delivered(workflow: str) -> bool:
-    with database.connection() as conn:
-        return events.delivered(conn, workflow)
 
 
 @database.outlasting_outages
