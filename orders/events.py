@@ -346,28 +346,53 @@ def of_order(conn: Conn, order_id: str) -> list[dict[str, Any]]:
 
 # What a journal write inside a handler announces (set by the handler, around the step).
 Announcer = Callable[[Conn, Any], None]
-_announcer: ContextVar[Announcer | None] = ContextVar("announcer", default=None)
+
+
+class _Announcing(NamedTuple):
+    announcer: Announcer
+    order_id: str
+    handler: str  # the announcing handler's workflow id
+
+
+_announcing: ContextVar[_Announcing | None] = ContextVar("announcing", default=None)
 
 
 @contextmanager
-def announcing(announcer: Announcer) -> Iterator[None]:
+def announcing(announcer: Announcer, order_id: str, handler: str) -> Iterator[None]:
     """Journal writes made inside (by steps/runner.py and steps/saga.py) call `announcer`
-    with their connection and what they recorded, in the same transaction."""
-    token = _announcer.set(announcer)
+    with their connection and what they recorded, in the same transaction. `handler`, the
+    workflow announcing for the order, is how a step re-run after a crash knows that it
+    has announced already (`announced`)."""
+    token = _announcing.set(_Announcing(announcer, order_id, handler))
     try:
         yield
     finally:
-        _announcer.reset(token)
+        _announcing.reset(token)
 
 
 def atomic(conn: Conn) -> AbstractContextManager[Any]:
     """A transaction on `conn` if a journal write there will announce something (so the
     event commits with it), else nothing: orchestration's writes stay one round trip."""
-    return conn.transaction() if _announcer.get() is not None else nullcontext()
+    return conn.transaction() if _announcing.get() is not None else nullcontext()
 
 
 def announce(conn: Conn, recorded: Any) -> None:
     """Tell the announcer, if any, what was just recorded on `conn`."""
-    announcer = _announcer.get()
-    if announcer is not None:
-        announcer(conn, recorded)
+    current = _announcing.get()
+    if current is not None:
+        current.announcer(conn, recorded)
+
+
+def announced(conn: Conn) -> bool:
+    """The announcing handler, if any, has emitted an event already: its step's outcome
+    committed with it before a crash, and the order may have moved on since (its next
+    handler may even have been started by the sweep, and have undone this step). So the
+    step, run again by the handler's recovery, must neither act nor decide again."""
+    current = _announcing.get()
+    if current is None:
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM orders.events WHERE order_id = %s AND caused_by = %s LIMIT 1",
+        (current.order_id, current.handler),
+    ).fetchone()
+    return row is not None

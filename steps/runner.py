@@ -119,6 +119,8 @@ class _Tried(NamedTuple):
 
 
 _NOT_CALLED = journal.Finish(None, False)
+# What a step answers when its handler had announced its outcome already (not to be acted on).
+ANNOUNCED: Outcome = {"outcome": "done", "announced_before": True}
 
 
 @database.outlasting_outages
@@ -133,6 +135,9 @@ def _run_once(
     """One try. Run again from the top after a database outage: the journal and the
     services are idempotent. `context`: the step's log context, given its attempt number."""
     with database.connection() as conn:
+        if events.announced(conn):  # a choreographed order's handler, replayed after a crash
+            log.info("%s not run again: done and announced before a restart", _title(kind, name))
+            return _Tried(ANNOUNCED, _NOT_CALLED, called=False)
         start = journal.step_started(conn, order_id, kind, name, reason)
         if start.cancel is not None and kind == "forward":
             outcome = cancelled(start.cancel, may_have_acted=start.began_before)

@@ -159,7 +159,7 @@ def _forward(h: Handling, reaction: str) -> None:
             h.emit(conn, stage.done, total_cents=outcome.get("total_cents", total))
 
     try:
-        with events.announcing(announce):
+        with events.announcing(announce, h.order["order_id"], h.workflow):
             step(h.order, *args)
     except SAGA_FAILURES as failure:
         if isinstance(failure, PortableWorkflowError) and failure.name not in STEP_FAILURES_BY_NAME:
@@ -177,7 +177,7 @@ def _undo(h: Handling, reaction: str) -> None:
     def announce(conn: psycopg.Connection[Any], recorded: Recorded) -> None:
         h.emit(conn, stage.undone, reason=reason)
 
-    with events.announcing(announce):
+    with events.announcing(announce, h.order["order_id"], h.workflow):
         undo_until_done(h.order, h.policy, STEPS[stage.undo], reason)
 
 
@@ -204,7 +204,7 @@ def _fail_order(h: Handling, reaction: str) -> None:
     def announce(conn: psycopg.Connection[Any], recorded: Any) -> None:
         h.emit(conn, events.ORDER_FAILED, reason=reason)
 
-    with events.announcing(announce):
+    with events.announcing(announce, h.order["order_id"], h.workflow):
         record_failure(h.order["order_id"], reason)
 
 

@@ -381,3 +381,44 @@ def wait_for_handlers_of(api: httpx.Client, view: dict[str, Any]) -> None:
     deadline = time.monotonic() + 20
     while view_of(api, view)["dbos_status"] != "SUCCESS" and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+@pytest.mark.usefixtures("faults_repaired")
+def test_a_handler_replayed_after_its_event_neither_acts_nor_decides_again(
+    api: httpx.Client, db: psycopg.Connection[Any], stock: Callable[..., str]
+) -> None:
+    """A handler killed after its step's outcome and event committed, but before DBOS
+    checkpointed the step, runs the step again when it is recovered; meanwhile the order
+    may have moved on (the sweep may even have started the next handler, which undid the
+    step). `make chaos` saw both: a payment re-run after its refund, refused, announcing a
+    second PaymentFailed; a cancelled shipment re-run while its service was down, parking a
+    FAILED order. Here the steps are run again in the handlers' names, as a recovery does."""
+    from orders import events
+    from steps.payments import process_payment, refund_payment
+    from steps.runner import ANNOUNCED
+
+    view = place_and_wait(api, order_body({stock(5): 1}, shipping_address=AQ, **CHOREOGRAPHY))
+    order_id, saga_id = view["order_id"], view["saga_id"]
+    order = db.execute("SELECT request FROM orders.orders WHERE order_id = %s", (order_id,))
+    stored = order.fetchone()
+    assert stored is not None
+    before = (effects(db, order_id), snapshot(db, order_id), view_of(api, view))
+    heard: list[Any] = []
+    api.put("/faults/refund_payment", json={"down": True}).raise_for_status()
+
+    payer = events.workflow_id(saga_id, "InventoryReserved", "payments")
+    with events.announcing(lambda conn, recorded: heard.append(recorded), order_id, payer):
+        paid = process_payment(stored[0], view["total_cents"])
+    refunder = events.workflow_id(saga_id, "ShipmentFailed", "payments")
+    with events.announcing(lambda conn, recorded: heard.append(recorded), order_id, refunder):
+        refunded = refund_payment(stored[0], "again")  # its service is down: it would fail
+
+    assert (paid, refunded) == (ANNOUNCED, ANNOUNCED)
+    assert heard == []
+    assert (effects(db, order_id), snapshot(db, order_id), view_of(api, view)) == before
+    # The control: in the name of a handler that announced nothing, the step does run.
+    stranger = events.workflow_id(saga_id, "NoSuchEvent", "payments")
+    with events.announcing(lambda conn, recorded: heard.append(recorded), order_id, stranger):
+        again = process_payment(stored[0], view["total_cents"])
+    assert again["outcome"] == "refused"  # the key's answer now: refunded
+    assert len(heard) == 1
