@@ -150,7 +150,7 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     # nobody subscribes to), oldest first.
     handlers: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows(
-        """SELECT e.order_id, e.type, d.subscriber, d.workflow_id, w.status,
+        """SELECT e.order_id, e.type, e.caused_by, d.subscriber, d.workflow_id, w.status,
                   e.at < now() - make_interval(secs => %s) AS past_grace
              FROM orders.events e
              LEFT JOIN orders.deliveries d ON d.event_seq = e.seq
@@ -247,6 +247,15 @@ def _check_events(report: Report, saga: dict[str, Any], handled: list[dict[str, 
                 "stuck",
                 saga,
                 f"the {row['subscriber']} handler of {row['type']} ended {row['status']}",
+            )
+    # Each reaction ends in one event: a handler that emitted two decided twice.
+    emitted: defaultdict[str, list[str]] = defaultdict(list)
+    for cause, event in {(r["caused_by"], r["type"]) for r in handled if r["caused_by"]}:
+        emitted[cause].append(event)
+    for handler, types in sorted(emitted.items()):
+        if len(types) > 1:
+            report.violation(
+                "duplicated", saga, f"handler {handler} decided twice: {', '.join(sorted(types))}"
             )
     live = [r for r in handled if r["status"] in RUNNING]
     if len(live) > 1:

@@ -17,8 +17,9 @@ again, changes nothing.
 """
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import psycopg
 from dbos import DBOS, PortableWorkflowError, SetWorkflowID
@@ -29,6 +30,7 @@ from orders.model import Order
 from runtime import database, logs, tracing
 from runtime.settings import get_settings
 from services.outcomes import Outcome, is_refused
+from steps import runner
 from steps.inventory import release_reservation, reserve_inventory
 from steps.notifications import send_cancellation_notice, send_confirmation
 from steps.payments import process_payment, refund_payment
@@ -47,6 +49,7 @@ from workflows.order_fulfillment import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STEPS: dict[str, Callable[..., Outcome]] = {
     f.__name__: f
@@ -88,10 +91,29 @@ class Handling:
         _emit_now(self, event, payload)
 
 
-@database.outlasting_outages
+def _persistently(action: Callable[[], T]) -> T:
+    """Run `action` (idempotent database work in a handler's own code, not a step) until
+    it gets through: a transient error (an outage, a cut connection, a statement timed out
+    while the database stalled) must not end the handler, which would strand the order
+    (`make chaos` saw an emit time out). Waits double from 0.1 s to 5 s."""
+    wait = 0.1
+    while True:
+        try:
+            return database.outlasting_outages(action)()
+        except Exception as error:
+            if not runner.is_transient(error):
+                raise
+            log.warning("handler's database work failed, trying again: %s", error)
+            time.sleep(wait)
+            wait = min(wait * 2, 5.0)
+
+
 def _emit_now(handling: Handling, event: str, payload: dict[str, Any]) -> None:
-    with database.connection() as conn, conn.transaction():
-        handling.emit(conn, event, **payload)
+    def emit() -> None:
+        with database.connection() as conn, conn.transaction():
+            handling.emit(conn, event, **payload)
+
+    _persistently(emit)
 
 
 # Never dead-lettered, as the orchestrated saga (workflows/order_fulfillment.py): a handler
@@ -133,10 +155,12 @@ def start(deliveries: list[events.Delivery], carried: Carried) -> None:
             DBOS.start_workflow(handle_event, *delivery.arguments(carried))
 
 
-@database.outlasting_outages
 def _successors(order_id: str, workflow: str | None) -> list[events.Delivery]:
-    with database.connection() as conn:
-        return events.successors(conn, order_id, workflow)
+    def read() -> list[events.Delivery]:
+        with database.connection() as conn:
+            return events.successors(conn, order_id, workflow)
+
+    return _persistently(read)
 
 
 def _forward(h: Handling, reaction: str) -> None:

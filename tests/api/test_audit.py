@@ -227,3 +227,20 @@ def test_two_handlers_of_one_order_at_once_are_a_duplicate(
         and "handlers at once: payments on InventoryReserved, shipping on PaymentCaptured" in v
         for v in violations
     )
+
+
+def test_a_handler_that_announced_twice_decided_twice(
+    tx: psycopg.Connection[Any], choreographed: dict[str, Any]
+) -> None:
+    tx.execute(
+        """INSERT INTO orders.events (order_id, type, by, caused_by)
+           SELECT order_id, 'PaymentFailed', 'payments', caused_by FROM orders.events
+            WHERE order_id = %s AND type = 'PaymentCaptured'""",
+        (choreographed["order_id"],),
+    )
+    violations = about(tx, choreographed["order_id"])
+    assert any(
+        v.startswith("duplicated: ")
+        and ":InventoryReserved:payments decided twice: PaymentCaptured, PaymentFailed" in v
+        for v in violations
+    ), violations
