@@ -95,7 +95,7 @@ def _read(conn: psycopg.Connection[Any]) -> dict[str, Any]:
                      FROM orders.executors e WHERE e.executor_id = w.executor_id)
                       AS heartbeat_age
              FROM (SELECT *, """
-        + events.carrier()
+        + events.CARRIER
         + """ FROM orders.orders) o
              LEFT JOIN dbos.workflow_status w ON w.workflow_uuid = o.carrier
             ORDER BY o.created_at""",

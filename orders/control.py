@@ -60,7 +60,7 @@ def decide(conn: Conn, order_id: str, decision: Decision, operator: Operator) ->
                 WHERE order_id = %(order_id)s AND state = 'AWAITING_APPROVAL'
                   AND COALESCE(decision, %(decision)s) = %(decision)s
                   AND cancel_requested_at IS NULL AND approval_deadline > now()
-            RETURNING saga_id, order_id, {events.carrier()}){_RECORDED}
+            RETURNING saga_id, order_id, {events.CARRIER}){_RECORDED}
            SELECT saga_id, carrier FROM saga""",
         {"order_id": order_id, "decision": decision, **operator.params(ACTION_OF[decision])},
     ).fetchone()
@@ -95,7 +95,7 @@ def cancel(conn: Conn, order_id: str, operator: Operator) -> Wake | None:
                       cancel_reason = COALESCE(cancel_reason, %(text)s), updated_at = now()
                 WHERE order_id = %(order_id)s AND state NOT IN ('COMPLETED', 'FAILED')
             RETURNING saga_id, state, order_id, coordination, cancel_reason,
-                      {events.carrier()}){_RECORDED},
+                      {events.CARRIER}){_RECORDED},
            announced AS (
                INSERT INTO orders.events (order_id, type, by, payload)
                SELECT order_id, %(event)s, %(emitter)s, jsonb_build_object('reason', cancel_reason)
@@ -121,7 +121,7 @@ def retry_compensation(conn: Conn, order_id: str, operator: Operator) -> Wake:
     """Ask a parked saga to try its remaining compensations again."""
     row = conn.execute(
         f"""WITH saga AS (
-               SELECT saga_id, parked_count, order_id, {events.carrier()} FROM orders.orders
+               SELECT saga_id, parked_count, order_id, {events.CARRIER} FROM orders.orders
                 WHERE order_id = %(order_id)s AND state = 'COMPENSATION_FAILED'){_RECORDED}
            SELECT saga_id, parked_count, carrier FROM saga""",
         {"order_id": order_id, **operator.params("retry-compensation")},
@@ -140,7 +140,7 @@ def unsent_wakes(conn: Conn, min_age_seconds: float = 0.0) -> list[Wake]:
     may not have heard of them (the process died, or the database went away, between the
     two). Sending them again is harmless: they have their keys."""
     rows = conn.execute(
-        f"""SELECT saga_id, {events.carrier()}, decision IS NOT NULL FROM orders.orders
+        f"""SELECT saga_id, {events.CARRIER}, decision IS NOT NULL FROM orders.orders
             WHERE state = 'AWAITING_APPROVAL'
               AND (decision IS NOT NULL OR cancel_requested_at IS NOT NULL)
               AND updated_at <= now() - make_interval(secs => %s)""",

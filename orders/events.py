@@ -1,14 +1,14 @@
-"""The event bus of choreographed orders: rows in PostgreSQL, handlers on a DBOS queue.
+"""The event bus of choreographed orders: rows in PostgreSQL, handlers as DBOS workflows.
 
 An event is a row of orders.events, written in the same transaction as the effect or the
 decision it announces. The same statement routes it: for each subscriber it writes a row of
-orders.deliveries and enqueues, with SQL `dbos.enqueue_workflow`, the DBOS workflow that
-handles it there (workflows/choreography.py), under an id made of the order's saga id, the
-event and the subscriber. So an event and its handlers exist together or not at all (there
-is no relay between the two to lose or double anything), and each is handled once per
-subscriber: an order has each type of event at most once (emitting it again, as a replay
-after a crash does, changes nothing), a delivery's workflow id is its primary key, and DBOS
-enqueues a workflow id once.
+orders.deliveries naming the DBOS workflow that handles it there (workflows/choreography.py),
+under an id made of the order's saga id, the event and the subscriber. The handler that
+emitted the event then starts those workflows as its DBOS children (an API-only process
+enqueues the first handler in the same statement instead, with SQL `dbos.enqueue_workflow`).
+Each event is handled once per subscriber: an order has each type of event at most once
+(emitting it again, as a replay after a crash does, changes nothing), a delivery's workflow
+id is its primary key, and DBOS runs a workflow id once.
 
 Who reacts to what is the table ROUTES, made from the four stages of the saga: each stage's
 service does its step after the event before it, announces it done (or failed), and undoes
@@ -103,7 +103,6 @@ EMITTED_BY: dict[str, Service] = {
     ORDER_FAILED: "orders",
     **{event: s.service for s in STAGES for event in (s.done, s.failed, s.undone)},
 }
-EVENT_TYPES = tuple(EMITTED_BY)
 
 # Reactions (what a handler does) besides each stage's step and undo (named after them).
 AWAIT_APPROVAL = "await_approval"
@@ -170,15 +169,14 @@ class Carried(NamedTuple):
     policy: dict[str, Any]
 
 
-def carrier(table: str = "orders") -> str:
-    """The workflow carrying an order now (saga_status.workflow_id, migration 0007), as a
-    column `carrier` of a statement on orders.orders named `table`: the saga, or a
-    choreographed order's newest handler (the one waiting for approval, or parked)."""
-    return f"""CASE WHEN {table}.coordination = 'choreography'
+# The workflow carrying an order now (saga_status.workflow_id, migration 0007), as a column
+# `carrier` of a statement on orders.orders: the saga, or a choreographed order's newest
+# handler (the one waiting for approval, or parked).
+CARRIER = """CASE WHEN orders.coordination = 'choreography'
                 THEN (SELECT d.workflow_id FROM orders.deliveries d
-                       WHERE d.order_id = {table}.order_id
+                       WHERE d.order_id = orders.order_id
                        ORDER BY d.event_seq DESC, d.subscriber DESC LIMIT 1)
-                ELSE {table}.saga_id END AS carrier"""
+                ELSE orders.saga_id END AS carrier"""
 
 
 def workflow_id(saga_id: str, event: str, subscriber: str) -> str:

@@ -74,7 +74,6 @@ class Handling:
     def __init__(
         self, event: dict[str, Any], order: Order, policy: Policy, saga_id: str, workflow: str
     ) -> None:
-        self.event = event
         self.payload: dict[str, Any] = event["payload"]
         self.carried = Carried(saga_id, order, cast(dict[str, Any], policy))
         self.order = order
@@ -268,17 +267,8 @@ def begin(saga_id: str, order: Order) -> None:
         return
     with database.connection() as conn:
         placed = events.successors(conn, order["order_id"], None)
-        policy = _placed_policy(conn, order["order_id"])
-    start(placed, Carried(saga_id, order, policy))
-
-
-def _placed_policy(conn: psycopg.Connection[Any], order_id: str) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT payload -> 'policy' FROM orders.events WHERE order_id = %s AND type = %s",
-        (order_id, events.ORDER_PLACED),
-    ).fetchone()
-    assert row is not None
-    return cast(dict[str, Any], row[0])
+    for delivery in placed:  # OrderPlaced's, which carries the policy
+        start([delivery], Carried(saga_id, order, delivery.event["payload"]["policy"]))
 
 
 def start_unstarted(min_age_seconds: float) -> int:
