@@ -476,6 +476,7 @@ def run(config: Config, on_start: Callable[[str], None] | None = None) -> dict[s
             counted = bench.in_process(kind, {"BENCH_ROUND_TRIPS": "1"})
             results["g_round_trips"][name] = {
                 **counted["round_trips_per_saga"],
+                "counted": counted["round_trips"],
                 "sagas": counted["sagas"],
                 "failures": counted["failures"],
             }
