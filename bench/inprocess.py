@@ -214,7 +214,9 @@ def main() -> int:
             with lock:
                 if state != "COMPLETED":
                     failures.append(state)
-                elif began >= measure_from and ended <= measure_until:
+                elif measure_from <= ended <= measure_until:
+                    # Ended in the window, begun in it or in the warm-up (as loaded): the
+                    # window's rate, and its CPU and round trips per saga, count these.
                     latencies.append(ended - began)
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
@@ -245,8 +247,7 @@ def main() -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if trips_before is not None and trips_after is not None:
-        # Sagas ended in the window (those begun before it and ended in it too, as the
-        # round trips are all of the window's): a rate, as the CPU per saga is.
+        # Over the sagas that ended in the window, as the CPU per saga is.
         ended = max(count, 1)
         trips = trips_after - trips_before
         trips.pop("", None)  # the choreography watcher's (the bench's, not the saga's)

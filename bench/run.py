@@ -184,6 +184,11 @@ class Bench:
                 progress_for(name),
                 coordination,
             )
+            if not capacity["sagas"]:
+                raise RuntimeError(
+                    f"{name}: no saga ended in the {self.config.seconds} s measured "
+                    "(a longer BENCH_SECONDS measures a slower machine)"
+                )
             progress_for(name)(
                 f"capacity {capacity['sagas_per_second']} sagas/s; now at half of it"
             )

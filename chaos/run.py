@@ -202,6 +202,13 @@ class Shared:
     db_restarts: int = 0
     faults_down: set[str] = field(default_factory=set)
     must_fail: set[str] = field(default_factory=set)  # a cancel or a reject was accepted
+    # Every (kind, coordination) is placed once first, in a random order, so that a short
+    # or slow run places every kind in every style; then kinds are drawn by their weights.
+    first: list[tuple[str, str]] = field(default_factory=list)
+
+    def next_first(self) -> tuple[str, str] | None:
+        with self.lock:
+            return self.first.pop() if self.first else None
 
     def problem(self, text: str) -> None:
         with self.lock:
@@ -224,6 +231,8 @@ def run(config: Config) -> Result:
         proxy.url_for(url), base_env={**environment_without_knobs(), **SERVICE_ENV, **processes}
     )
     shared = Shared(service=service, rng=rng)
+    shared.first = [(k, c) for k in KINDS for c in COORDINATIONS if _share(c, config) > 0]
+    rng.shuffle(shared.first)
     saboteur = NetworkSaboteur(proxy, rng, config.net_gap)
     started = time.monotonic()
     result: Result | None = None
@@ -337,10 +346,15 @@ def _client(shared: Shared, number: int, config: Config) -> None:
     kinds, weights = zip(*((k, w) for k, (w, _) in KINDS.items()), strict=True)
     with httpx.Client(base_url=shared.service.url, timeout=CLIENT_TIMEOUT) as client:
         while not shared.stop_load.is_set():
-            kind = rng.choices(kinds, weights)[0]
+            if (first := shared.next_first()) is not None:
+                kind, style = first
+            else:
+                kind = rng.choices(kinds, weights)[0]
+                choreographed = rng.random() < config.choreography
+                style = "choreography" if choreographed else "orchestration"
             key = f"chaos-{uuid.uuid4().hex}"
             body = _order(kind, rng)
-            coordination = "choreography" if rng.random() < config.choreography else None
+            coordination = None if style == "orchestration" else style
             if coordination is not None:
                 body["coordination"] = coordination
             answer = _post_until_answered(shared, client, key, body)
