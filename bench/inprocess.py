@@ -248,14 +248,14 @@ def main() -> int:
     }
     if trips_before is not None and trips_after is not None:
         # Over the sagas that ended in the window, as the CPU per saga is.
-        ended = max(count, 1)
+        ended = max(count, 1)  # (none ended: the figures are 0, and "sagas" says so)
         trips = trips_after - trips_before
         trips.pop("", None)  # the choreography watcher's (the bench's, not the saga's)
         app, dbos = trips.pop(database.APP_NAME, 0), trips.pop("dbos_transact", 0)
         other = sum(trips.values())  # the lease's heartbeat, ...
         # Each figure per saga is rounded on its own, so the parts may add up to 0.1 more
         # or less than the total: the counts themselves are kept beside them.
-        result["round_trips"] = {"app": app, "dbos": dbos, "other": other, "sagas": ended}
+        result["round_trips"] = {"app": app, "dbos": dbos, "other": other, "sagas": count}
         result["round_trips_per_saga"] = {
             "app": round(app / ended, 1),
             "dbos": round(dbos / ended, 1),

@@ -231,7 +231,7 @@ def run(config: Config) -> Result:
         proxy.url_for(url), base_env={**environment_without_knobs(), **SERVICE_ENV, **processes}
     )
     shared = Shared(service=service, rng=rng)
-    shared.first = [(k, c) for k in KINDS for c in COORDINATIONS if _share(c, config) > 0]
+    shared.first = [(kind, style) for kind in KINDS for style in _styles(config)]
     rng.shuffle(shared.first)
     saboteur = NetworkSaboteur(proxy, rng, config.net_gap)
     started = time.monotonic()
@@ -270,11 +270,10 @@ def run(config: Config) -> Result:
             result = _result(shared, conn, report, states, time.monotonic() - started, workdir)
             result.network = saboteur.counts()
         if config.seconds >= MIN_SECONDS_FOR_COVERAGE:  # long enough to place every kind
-            styles = [c for c in COORDINATIONS if _share(c, config) > 0]
             result.unexercised = sorted(
                 f"{kind} ({c})"
                 for kind in KINDS
-                for c in styles
+                for c in _styles(config)
                 if (kind, c) not in result.styles_placed
             )
     finally:
@@ -340,6 +339,11 @@ def _share(coordination: str, config: Config) -> float:
     return config.choreography if coordination == "choreography" else 1 - config.choreography
 
 
+def _styles(config: Config) -> list[str]:
+    """The coordinations this run places orders in."""
+    return [c for c in COORDINATIONS if _share(c, config) > 0]
+
+
 def _client(shared: Shared, number: int, config: Config) -> None:
     """Places orders until the load stops; each is POSTed until the API answers it."""
     rng = random.Random(shared.rng.random())
@@ -354,15 +358,12 @@ def _client(shared: Shared, number: int, config: Config) -> None:
                 style = "choreography" if choreographed else "orchestration"
             key = f"chaos-{uuid.uuid4().hex}"
             body = _order(kind, rng)
-            coordination = None if style == "orchestration" else style
-            if coordination is not None:
-                body["coordination"] = coordination
+            if style != "orchestration":  # the default, left out as most clients do
+                body["coordination"] = style
             answer = _post_until_answered(shared, client, key, body)
             if answer is None:
                 continue
-            placed = Placed(
-                answer["order_id"], kind, key, answer["saga_id"], coordination or "orchestration"
-            )
+            placed = Placed(answer["order_id"], kind, key, answer["saga_id"], style)
             with shared.lock:
                 shared.placed[placed.order_id] = placed
             if rng.random() < 0.15:  # a client that did not hear the answer sends it again
